@@ -1,0 +1,138 @@
+"""The agent's configuration file (TOML), parsed once at the edge into typed settings.
+
+Example::
+
+    server = "node1"                          # this server's name in the cluster
+    store = "sqlite:////var/lib/vigil/store.db"
+    state_dir = "/var/lib/vigil/node1"        # kit state, logs of kit commands
+    tokens_file = "/etc/vigil/tokens.toml"    # API tokens and their roles
+    addresses = ["10.0.0.1"]                  # this server's addresses (comm paths, kits)
+
+    [api]
+    listen = "10.0.0.1"
+    port = 7480
+    # advertise_url = "http://10.0.0.1:7480"  # how other agents and the CLI reach this one
+
+    [lease]
+    ttl = 5.0                 # seconds without renewal after which this server is dead
+    renew_interval = 1.0      # how often the lease is renewed
+    request_timeout = 1.0     # one store request may take this long
+
+The timing rule (checked here, refused when unsafe): a holder that cannot renew must have
+time to take its hierarchies out of service before anyone else may take them over, so
+``renew_interval + 2 * request_timeout + SAFETY_MARGIN <= ttl``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticError
+
+from vigil.errors import ConfigError
+from vigil.model.names import check_server_name
+
+#: seconds an agent keeps free between giving up on its lease and the lease's expiry,
+#: for taking its resources out of service (see ``LeaseSettings``)
+SAFETY_MARGIN = 1.0
+
+Role = Literal["administrator", "operator", "guest"]
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listen: str = "127.0.0.1"
+    port: int = Field(7480, ge=1, le=65535)
+    advertise_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.advertise_url or f"http://{self.listen}:{self.port}"
+
+
+class LeaseSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: float = Field(5.0, gt=0)
+    renew_interval: float = Field(1.0, gt=0)
+    request_timeout: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timing_rule(self) -> LeaseSettings:
+        needed = self.renew_interval + 2 * self.request_timeout + SAFETY_MARGIN
+        if needed > self.ttl:
+            raise ValueError(
+                f"unsafe lease timing: renew_interval ({self.renew_interval}s) + 2 x "
+                f"request_timeout ({self.request_timeout}s) + safety margin ({SAFETY_MARGIN}s) "
+                f"= {needed}s exceeds ttl ({self.ttl}s); a server cut off from the store could "
+                f"not stop its resources before another takes them over. Raise ttl to at "
+                f"least {needed}s or lower the other two."
+            )
+        return self
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    store: str
+    state_dir: Path
+    tokens_file: Path
+    addresses: list[str] = Field(default_factory=list)
+    log_file: Path | None = None
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
+
+    @model_validator(mode="after")
+    def _names(self) -> AgentConfig:
+        check_server_name(self.server)
+        return self
+
+
+class TokenEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    role: Role
+    token: str = Field(min_length=16)
+
+
+class TokensFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: list[TokenEntry] = Field(default_factory=list)
+
+
+def _read_toml(path: Path, what: str) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
+def _errors(exc: PydanticError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate an agent configuration file; ``ConfigError`` says what to fix."""
+    data = _read_toml(path, "agent configuration")
+    try:
+        return AgentConfig.model_validate(data)
+    except PydanticError as exc:
+        raise ConfigError(f"agent configuration {path}: {_errors(exc)}") from exc
+    except Exception as exc:  # check_server_name raises vigil's ValidationError
+        raise ConfigError(f"agent configuration {path}: {exc}") from exc
+
+
+def load_tokens(path: Path) -> TokensFile:
+    """Read the API tokens file (``[[token]]`` tables with name, role, token)."""
+    data = _read_toml(path, "tokens file")
+    try:
+        return TokensFile.model_validate(data)
+    except PydanticError as exc:
+        raise ConfigError(f"tokens file {path}: {_errors(exc)}") from exc

@@ -1,0 +1,274 @@
+"""The kit contract: what a recovery kit is, and what the agent promises it.
+
+A kit manages one type of resource (an application, an address, a volume...). It is a
+subclass of ``Kit`` registered under the entry point group ``vigil.kits``. The agent keeps
+one instance per kit and calls its async actions with a ``KitContext``; the kit never
+touches the store, never talks to other servers, and keeps no state between calls except
+on the server itself (files under ``ctx.state_dir``).
+
+Actions (LifeKeeper's names; OCF's in brackets):
+
+==================  =========================  ==============================================
+action              when                       contract
+==================  =========================  ==============================================
+validate_create     before create              every problem found, each a clear message
+create              on the primary, once       may return child resources to create below it
+can_extend          on the target, pre-extend  problems, and proposed per-server properties
+extend              on the target              records/creates what the target needs
+restore [start]     bring in service           idempotent; children are in service already
+remove [stop]       take out of service        idempotent; must try everything; parents are
+                                               out of service already
+quick_check         often, while in service    three-state, read-only, cheap
+deep_check          less often                 three-state, read-only, thorough
+recover             after a failed check       local recovery; True when it worked
+delete              on delete/unextend         cleans up what create/extend made there
+==================  =========================  ==============================================
+
+Failures are raised as ``KitError`` with a severity: SOFT (recover here), HARD (move the
+hierarchy), FATAL (misconfigured: wait for an operator). Timeouts are **enforced by the
+agent**; a kit only advertises defaults (``Kit.timeouts``) and may let a property override
+them (``Kit.timeout``). A kit action that is cancelled at its timeout must not leave a
+child process behind (run commands through ``vigil.kits.process``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from vigil.errors import KitError, Severity
+
+
+class Action(StrEnum):
+    VALIDATE_CREATE = "validate_create"
+    CREATE = "create"
+    CAN_EXTEND = "can_extend"
+    EXTEND = "extend"
+    RESTORE = "restore"
+    REMOVE = "remove"
+    QUICK_CHECK = "quick_check"
+    DEEP_CHECK = "deep_check"
+    RECOVER = "recover"
+    DELETE = "delete"
+
+
+class CheckStatus(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check's answer: running, stopped or failed, with a detail for the log and the UI.
+
+    ``warning`` marks a running resource that needs attention (a volume nearly full): it
+    stays in service, with the warning as its reason.
+    """
+
+    status: CheckStatus
+    detail: str = ""
+    warning: str = ""
+
+    @classmethod
+    def running(cls, detail: str = "", warning: str = "") -> Check:
+        return cls(CheckStatus.RUNNING, detail, warning)
+
+    @classmethod
+    def stopped(cls, detail: str = "") -> Check:
+        return cls(CheckStatus.STOPPED, detail)
+
+    @classmethod
+    def failed(cls, detail: str) -> Check:
+        return cls(CheckStatus.FAILED, detail)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Default timeouts (seconds) a kit advertises for its actions."""
+
+    restore: float = 60.0
+    remove: float = 60.0
+    quick_check: float = 10.0
+    deep_check: float = 30.0
+    recover: float = 60.0
+    validate: float = 30.0
+    delete: float = 30.0
+
+    def for_action(self, action: Action) -> float:
+        name = {
+            Action.VALIDATE_CREATE: "validate",
+            Action.CAN_EXTEND: "validate",
+            Action.CREATE: "validate",
+            Action.EXTEND: "validate",
+        }.get(action, action.value)
+        value: float = getattr(self, name)
+        return value
+
+
+@dataclass(frozen=True)
+class CheckIntervals:
+    """How often the agent runs each check while a resource is in service (seconds)."""
+
+    quick: float = 2.0
+    deep: float = 60.0
+
+
+class KitProperties(BaseModel):
+    """Base of every kit's property model.
+
+    Fields are cluster-wide unless marked per server with
+    ``Field(json_schema_extra={"per_server": True})``; a value that must be unique across the
+    cluster (an address, a mount point) is marked ``{"unique": True}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def per_server_fields(cls) -> set[str]:
+        return {name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "per_server")}
+
+    @classmethod
+    def unique_fields(cls) -> set[str]:
+        return {name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "unique")}
+
+
+def _extra(extra: object, flag: str) -> bool:
+    return isinstance(extra, dict) and bool(extra.get(flag))
+
+
+@dataclass(frozen=True)
+class ChildResource:
+    """A resource a kit's ``create`` wants created below the one being created."""
+
+    tag: str
+    kit: str
+    properties: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ExtendCheck:
+    """The answer of ``can_extend``: what prevents the extend, and the per-server properties
+    the kit proposes for the target (an administrator may override them)."""
+
+    problems: list[str] = field(default_factory=list)
+    proposed: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KitContext:
+    """Everything a kit action may use. Built by the agent for each call."""
+
+    tag: str
+    server: str
+    properties: KitProperties
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    #: fencing token of the current ownership (0 when not owned, e.g. validate/extend)
+    epoch: int = 0
+    #: a directory on this server for the kit's own files about this resource
+    state_dir: Path = Path("/var/lib/vigil/kits")
+    #: addresses of this server (as registered), for kits that need them
+    addresses: tuple[str, ...] = ()
+
+
+class Kit(abc.ABC):
+    """Base class of every recovery kit. Subclasses set the class attributes and implement
+    at least ``restore``, ``remove`` and ``quick_check``."""
+
+    #: the resource type, as used in ``--kit`` (the entry point name)
+    name: ClassVar[str]
+    #: one line for listings
+    description: ClassVar[str] = ""
+    Properties: ClassVar[type[KitProperties]] = KitProperties
+    timeouts: ClassVar[Timeouts] = Timeouts()
+    check_intervals: ClassVar[CheckIntervals] = CheckIntervals()
+
+    def timeout(self, action: Action, properties: KitProperties) -> float:
+        """The timeout the agent enforces for ``action`` on a resource with ``properties``.
+
+        Default: the kit's advertised value; kits whose users set timeouts per resource
+        (the app kit) override this."""
+        return self.timeouts.for_action(action)
+
+    def parse_properties(self, values: Mapping[str, Any]) -> KitProperties:
+        """Validate raw property values into the kit's model; ``KitError`` (FATAL) names
+        every bad field."""
+        from pydantic import ValidationError as PydanticError
+
+        try:
+            return self.Properties.model_validate(dict(values))
+        except PydanticError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'properties'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise KitError(f"invalid {self.name} properties: {problems}", Severity.FATAL) from exc
+
+    # --- configuration actions ----------------------------------------------------------
+
+    async def validate_create(self, ctx: KitContext) -> list[str]:
+        """Every problem that prevents creating this resource on ``ctx.server``."""
+        return []
+
+    async def create(self, ctx: KitContext) -> list[ChildResource]:
+        """Make what the resource needs on the primary; may ask for child resources."""
+        return []
+
+    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+        """The pre-extend checks, run on the target server (``ctx.server``)."""
+        return ExtendCheck()
+
+    async def extend(self, ctx: KitContext) -> None:
+        """Make what the resource needs on the target server."""
+
+    async def delete(self, ctx: KitContext) -> None:
+        """Clean up what create/extend made on ``ctx.server``. Idempotent."""
+
+    # --- service actions ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def restore(self, ctx: KitContext) -> None:
+        """Bring the resource in service here. Idempotent. Raises ``KitError``."""
+
+    @abc.abstractmethod
+    async def remove(self, ctx: KitContext) -> None:
+        """Take the resource out of service here. Idempotent; tries everything before
+        raising ``KitError`` (a failed remove leads to fencing)."""
+
+    @abc.abstractmethod
+    async def quick_check(self, ctx: KitContext) -> Check:
+        """Cheap three-state check. Read-only."""
+
+    async def deep_check(self, ctx: KitContext) -> Check:
+        """Thorough three-state check. Read-only. Default: the quick check."""
+        return await self.quick_check(ctx)
+
+    async def recover(self, ctx: KitContext) -> bool:
+        """Local recovery after a failed check; True when the resource runs again.
+
+        Default: restore, then check."""
+        await self.restore(ctx)
+        return (await self.quick_check(ctx)).status is CheckStatus.RUNNING
+
+    # --- description ----------------------------------------------------------------------
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Name, description, property JSON schema, timeouts and check intervals."""
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "properties_schema": cls.Properties.model_json_schema(),
+            "per_server": sorted(cls.Properties.per_server_fields()),
+            "unique": sorted(cls.Properties.unique_fields()),
+            "timeouts": dataclasses.asdict(cls.timeouts),
+            "check_intervals": {"quick": cls.check_intervals.quick, "deep": cls.check_intervals.deep},
+        }

@@ -1,0 +1,235 @@
+"""The cluster as plain, immutable data: servers, comm paths, resources and their instances,
+dependencies, hierarchies, and what each agent observes.
+
+A ``Cluster`` is one consistent view read from the store at one revision. Nothing here does
+I/O; ``vigil.model.records`` converts between the store's JSON and these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from vigil.model import graph
+from vigil.model.states import InstanceState, PathState
+
+JsonObject = Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server that has joined the cluster (its agent registered once)."""
+
+    name: str
+    api_url: str
+    addresses: tuple[str, ...] = ()
+    alive: bool = False  # its agent's lease is held now
+    maintenance: bool = False  # stopped with --leave-resources
+
+
+@dataclass(frozen=True)
+class CommPath:
+    """A communication path: one address on each of two servers, with heartbeats between them.
+
+    Stored once per pair; ``server_a < server_b`` always (``CommPath.between`` normalises).
+    """
+
+    server_a: str
+    address_a: str
+    server_b: str
+    address_b: str
+    heartbeat_interval: float = 1.0
+    max_missed: int = 5
+
+    @classmethod
+    def between(
+        cls,
+        local: str,
+        local_address: str,
+        remote: str,
+        remote_address: str,
+        heartbeat_interval: float = 1.0,
+        max_missed: int = 5,
+    ) -> CommPath:
+        if local <= remote:
+            return cls(local, local_address, remote, remote_address, heartbeat_interval, max_missed)
+        return cls(remote, remote_address, local, local_address, heartbeat_interval, max_missed)
+
+    @property
+    def id(self) -> str:
+        return f"{self.server_a}~{self.address_a}~{self.server_b}~{self.address_b}"
+
+    def joins(self, one: str, other: str) -> bool:
+        return {one, other} == {self.server_a, self.server_b}
+
+    def end(self, server: str) -> tuple[str, str, str]:
+        """(local address, remote server, remote address) seen from ``server``."""
+        if server == self.server_a:
+            return self.address_a, self.server_b, self.address_b
+        return self.address_b, self.server_a, self.address_a
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A protected resource: a tag, the kit that manages it, its properties, and its
+    instances (server -> priority; 1 is the most preferred)."""
+
+    tag: str
+    kit: str
+    properties: JsonObject = field(default_factory=dict)
+    server_properties: Mapping[str, JsonObject] = field(default_factory=dict)
+    instances: Mapping[str, int] = field(default_factory=dict)
+    #: policies set on the resource (local_recovery, failover, check intervals...)
+    policies: JsonObject = field(default_factory=dict)
+
+    def properties_on(self, server: str) -> dict[str, object]:
+        """Cluster-wide properties overlaid with this server's own."""
+        merged = dict(self.properties)
+        merged.update(self.server_properties.get(server, {}))
+        return merged
+
+    @property
+    def servers_by_priority(self) -> list[str]:
+        return sorted(self.instances, key=lambda server: self.instances[server])
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """``parent`` needs ``child`` in service first."""
+
+    parent: str
+    child: str
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who holds a resource in service now. ``epoch`` is the fencing token: it grows with
+    every change of owner (the store revision that created the owner key)."""
+
+    tag: str
+    server: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the agent of ``server`` last reported for ``tag``."""
+
+    tag: str
+    server: str
+    state: InstanceState
+    reason: str = ""
+    since: float = 0.0
+    #: the revision of the intent this report answers (to tell a stale failure from a new one)
+    intent_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Intent:
+    """Where an operator (or, later, the engine) wants a resource in service; None: nowhere."""
+
+    tag: str
+    server: str | None
+    revision: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PathObservation:
+    """One end's view of a comm path."""
+
+    path_id: str
+    server: str
+    state: PathState
+    last_heartbeat: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A resource hierarchy: a connected component of resources linked by dependencies.
+
+    It is named after its first root (a resource nothing depends on), in tag order.
+    """
+
+    tags: frozenset[str]
+    roots: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.roots[0] if self.roots else min(self.tags)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One consistent view of the whole cluster, read at store ``revision``."""
+
+    revision: int = 0
+    servers: Mapping[str, Server] = field(default_factory=dict)
+    comm_paths: tuple[CommPath, ...] = ()
+    resources: Mapping[str, Resource] = field(default_factory=dict)
+    dependencies: frozenset[Dependency] = frozenset()
+    intents: Mapping[str, Intent] = field(default_factory=dict)
+    owners: Mapping[str, Ownership] = field(default_factory=dict)
+    observed: Mapping[tuple[str, str], Observed] = field(default_factory=dict)  # (server, tag)
+    path_observations: tuple[PathObservation, ...] = ()
+
+    @cached_property
+    def edges(self) -> list[graph.Edge]:
+        return sorted((d.parent, d.child) for d in self.dependencies)
+
+    def children(self, tag: str) -> list[str]:
+        return sorted(d.child for d in self.dependencies if d.parent == tag)
+
+    def parents(self, tag: str) -> list[str]:
+        return sorted(d.parent for d in self.dependencies if d.child == tag)
+
+    @cached_property
+    def hierarchies(self) -> tuple[Hierarchy, ...]:
+        """Every hierarchy, ordered by name."""
+        result = []
+        for component in graph.components(self.resources, self.edges):
+            roots = tuple(sorted(tag for tag in component if not self.parents(tag)))
+            result.append(Hierarchy(component, roots))
+        return tuple(sorted(result, key=lambda h: h.name))
+
+    def hierarchy(self, tag: str) -> Hierarchy:
+        """The hierarchy ``tag`` belongs to. KeyError when the tag is unknown."""
+        for candidate in self.hierarchies:
+            if tag in candidate.tags:
+                return candidate
+        raise KeyError(tag)
+
+    def hierarchy_servers(self, hierarchy: Hierarchy) -> set[str]:
+        """Servers every resource of the hierarchy is extended to."""
+        sets = [set(self.resources[tag].instances) for tag in hierarchy.tags]
+        return set.intersection(*sets) if sets else set()
+
+    def comm_paths_between(self, one: str, other: str) -> list[CommPath]:
+        return [path for path in self.comm_paths if path.joins(one, other)]
+
+    def intended_server(self, hierarchy: Hierarchy) -> str | None:
+        """Where the hierarchy is wanted in service (its root's intent), or None."""
+        intent = self.intents.get(hierarchy.name)
+        return intent.server if intent else None
+
+    def intent_revision(self, hierarchy: Hierarchy) -> int:
+        """The newest intent revision among the hierarchy's resources."""
+        revisions = [self.intents[t].revision for t in hierarchy.tags if t in self.intents]
+        return max(revisions, default=0)
+
+    def owner_of(self, hierarchy: Hierarchy) -> set[str]:
+        """Servers that own at least one resource of the hierarchy (normally 0 or 1)."""
+        return {self.owners[tag].server for tag in hierarchy.tags if tag in self.owners}
+
+    def state_of(self, server: str, tag: str) -> Observed:
+        """The instance state of ``tag`` on ``server`` as the cluster sees it now."""
+        observed = self.observed.get((server, tag))
+        known = self.servers.get(server)
+        if known is None or not known.alive:
+            reason = "the agent of this server is not running" if known else "unknown server"
+            last = f" (last reported {observed.state})" if observed else ""
+            return Observed(tag, server, InstanceState.UNKNOWN, reason + last)
+        if observed is None:
+            return Observed(tag, server, InstanceState.OSU, "not reported yet")
+        return observed
