@@ -173,6 +173,9 @@ class Cluster:
     owners: Mapping[str, Ownership] = field(default_factory=dict)
     observed: Mapping[tuple[str, str], Observed] = field(default_factory=dict)  # (server, tag)
     path_observations: tuple[PathObservation, ...] = ()
+    #: mod_revision of the configuration key, bumped by every configuration change; a
+    #: change validated against this view is applied only if it is still current
+    config_revision: int = 0
 
     @cached_property
     def edges(self) -> list[graph.Edge]:

@@ -16,6 +16,7 @@ Key layout (all under ``PREFIX``)::
     owner/<tag>                 OwnerRecord       bound to the owner's lease (fencing)
     state/<server>/<tag>        StateRecord       what the agent of <server> observes
     events/<time>-<server>-<n>  EventRecord       the cluster event log
+    config                      ConfigRecord      bumped by every configuration change
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ class StateRecord(Record):
     intent_revision: int = 0
 
 
+class ConfigRecord(Record):
+    changed_at: float = 0.0
+    summary: str = ""
+
+
 class EventRecord(Record):
     at: float
     server: str
@@ -160,12 +166,15 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
     intents: dict[str, Intent] = {}
     owners: dict[str, Ownership] = {}
     observed: dict[tuple[str, str], Observed] = {}
+    config_revision = 0
     for full_key, value, create_rev, mod_rev in items:
         if not full_key.startswith(PREFIX):
             continue
         kind, _, rest = full_key[len(PREFIX) :].partition("/")
         try:
-            if kind == "servers":
+            if kind == "config":
+                config_revision = mod_rev
+            elif kind == "servers":
                 servers[rest] = _load(ServerRecord, value)
             elif kind == "alive":
                 alive[rest] = _load(AliveRecord, value)
@@ -224,4 +233,5 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
         owners=owners,
         observed=observed,
         path_observations=tuple(path_obs),
+        config_revision=config_revision,
     )

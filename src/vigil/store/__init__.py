@@ -34,7 +34,8 @@ async def open_store(url: str, *, request_timeout: float = 2.0) -> Store:
 
         if not rest.startswith("/"):
             raise ConfigError(f"store URL {url!r}: the SQLite path must be absolute (sqlite:///PATH)")
-        return await EmbeddedStore.open(rest, request_timeout=request_timeout)
+        # sqlite:///var/x and sqlite:////var/x both name /var/x
+        return await EmbeddedStore.open("/" + rest.lstrip("/"), request_timeout=request_timeout)
     raise ConfigError(f"store URL {url!r}: unknown scheme {scheme!r} (supported: sqlite)")
 
 

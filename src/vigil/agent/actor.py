@@ -1,0 +1,216 @@
+"""The act step: carry out the engine's steps through kits, and report what happened.
+
+One ``Actor`` per agent. It keeps what only this server knows (which resources it has in
+service, which restores failed for which intent) and writes to the store only its own
+owner keys (bound to its lease), its own state records and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from vigil.agent.kitrunner import KitRunner
+from vigil.agent.storeio import event_operation
+from vigil.engine.plan import LocalView, Step, StepKind, standby_reason
+from vigil.errors import KitError, StoreError, VigilError
+from vigil.model.cluster import Cluster, Resource
+from vigil.model.records import OwnerRecord, StateRecord, key
+from vigil.model.states import InstanceState
+from vigil.store.base import Compare, Delete, Operation, Put, Store
+
+log = logging.getLogger("vigil.agent")
+
+
+class Actor:
+    """Carries out steps for one server. ``lease_id`` gives the lease owner keys bind to."""
+
+    def __init__(
+        self, store: Store, runner: KitRunner, server: str, lease_id: Callable[[], int]
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.server = server
+        self.lease_id = lease_id
+        self.running: set[str] = set()
+        self.failed: dict[str, int] = {}
+        #: last known definition of every resource this server has in service, so it can
+        #: still be removed after it vanished from the store
+        self.known: dict[str, Resource] = {}
+
+    def local_view(self) -> LocalView:
+        return LocalView(frozenset(self.running), dict(self.failed))
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def carry_out(self, cluster: Cluster, step: Step) -> None:
+        log.info("%s", step.reason)
+        if step.kind is StepKind.RESTORE:
+            await self._restore(cluster, step)
+        elif step.kind is StepKind.REMOVE:
+            await self._remove(cluster, step)
+
+    async def _restore(self, cluster: Cluster, step: Step) -> None:
+        if not await self._claim(cluster, step):
+            log.info("%s: ownership changed meanwhile; deciding again", step.hierarchy)
+            return
+        epoch = await self._epochs(step.tags)
+        await self.event("restore-started", step.reason, step.hierarchy)
+        for wave in step.waves:
+            todo = [tag for tag in wave if tag not in self.running]
+            results = await asyncio.gather(
+                *(self._restore_one(cluster.resources[tag], epoch.get(tag, 0), step) for tag in todo)
+            )
+            failures = [msg for msg in results if msg]
+            if failures:
+                await self._abandon(cluster, step, failures)
+                return
+        await self.event("restored", f"{step.hierarchy} is in service on {self.server}", step.hierarchy)
+
+    async def _restore_one(self, resource: Resource, epoch: int, step: Step) -> str | None:
+        tag = resource.tag
+        self.known[tag] = resource
+        try:
+            await self.runner.restore(resource, epoch)
+        except (KitError, VigilError) as exc:
+            log.error("restore of %s on %s failed: %s", tag, self.server, exc)
+            await self.report(tag, InstanceState.OSF, f"restore failed: {exc}", step.intent_revision)
+            return f"{tag}: {exc}"
+        self.running.add(tag)
+        await self.report(tag, InstanceState.ISP, "in service", step.intent_revision)
+        return None
+
+    async def _abandon(self, cluster: Cluster, step: Step, failures: list[str]) -> None:
+        """A restore failed: take back what came up, release, and do not retry this intent."""
+        why = f"restore of {step.hierarchy} on {self.server} failed ({'; '.join(failures)})"
+        log.error("%s: taking the hierarchy back out of service here", why)
+        await self.event("restore-failed", why, step.hierarchy)
+        self.failed[step.hierarchy] = step.intent_revision
+        running = [t for t in step.tags if t in self.running]
+        from vigil.engine.order import remove_waves
+
+        ok = await self._remove_waves(cluster, remove_waves(cluster, running), step, "restore failed")
+        if ok:
+            await self._release(step.tags)
+
+    async def _remove(self, cluster: Cluster, step: Step) -> None:
+        await self.event("remove-started", step.reason, step.hierarchy)
+        hierarchy = cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
+        reason = standby_reason(cluster, hierarchy, self.server) if hierarchy else "deleted"
+        if not await self._remove_waves(cluster, step.waves, step, reason):
+            return
+        await self._release(step.release)
+        await self.event("removed", f"{step.hierarchy} is out of service on {self.server}", step.hierarchy)
+
+    async def _remove_waves(
+        self, cluster: Cluster, waves: Iterable[Iterable[str]], step: Step, reason: str
+    ) -> bool:
+        """Remove parents-first; on a failed remove keep ownership (no one else may start it)."""
+        for wave in waves:
+            todo = [tag for tag in wave if tag in self.running]
+            results = await asyncio.gather(*(self._remove_one(cluster, tag, reason, step) for tag in todo))
+            if not all(results):
+                why = f"remove of {step.hierarchy} on {self.server} failed: it stays owned here"
+                await self.event("remove-failed", why, step.hierarchy)
+                return False
+        return True
+
+    async def _remove_one(self, cluster: Cluster, tag: str, reason: str, step: Step) -> bool:
+        resource = cluster.resources.get(tag) or self.known.get(tag)
+        if resource is None:
+            self.running.discard(tag)
+            return True
+        try:
+            await self.runner.remove(resource)
+        except (KitError, VigilError) as exc:
+            log.error("remove of %s on %s failed: %s", tag, self.server, exc)
+            await self.report(tag, InstanceState.OSF, f"remove failed: {exc}", step.intent_revision)
+            return False
+        self.running.discard(tag)
+        if tag in cluster.resources:
+            await self.report(tag, InstanceState.OSU, reason, step.intent_revision)
+        return True
+
+    # --- store writes: ownership, states, events -----------------------------------------
+
+    async def _claim(self, cluster: Cluster, step: Step) -> bool:
+        """Take ownership of ``step.claim`` in one transaction, only if nobody owns them and
+        the intent is still the one decided on."""
+        lease = self.lease_id()
+        if not lease:
+            return False
+        compares = [Compare.absent(key("owner", tag)) for tag in sorted(step.claim)]
+        compares += [
+            Compare(key("intent", tag), cluster.intents[tag].revision)
+            for tag in sorted(step.tags)
+            if tag in cluster.intents
+        ]
+        record = OwnerRecord(server=self.server, since=time.time()).dump()
+        puts = [Put(key("owner", tag), record, lease) for tag in sorted(step.claim)]
+        try:
+            return (await self.store.txn(compares, puts)).succeeded
+        except StoreError as exc:
+            log.warning("could not claim %s: %s", step.hierarchy, exc)
+            return False
+
+    async def _epochs(self, tags: Iterable[str]) -> dict[str, int]:
+        """Fencing epoch of each owned tag: the revision that created its owner key."""
+        epochs = {}
+        for tag in tags:
+            item = await self.store.get(key("owner", tag))
+            epochs[tag] = item.create_revision if item else 0
+        return epochs
+
+    async def _release(self, tags: Iterable[str]) -> None:
+        ops: list[Operation] = [Delete(key("owner", tag)) for tag in sorted(tags)]
+        if ops:
+            await self.store.txn((), ops)
+
+    async def report(self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0) -> None:
+        record = StateRecord(state=state, reason=reason, since=time.time(), intent_revision=intent_revision)
+        try:
+            await self.store.put(key("state", self.server, tag), record.dump())
+        except StoreError as exc:
+            log.warning("could not report %s %s: %s", tag, state, exc)
+
+    async def event(self, kind: str, message: str, hierarchy: str | None = None) -> None:
+        try:
+            await self.store.txn((), (event_operation(self.server, kind, message, hierarchy=hierarchy),))
+        except StoreError as exc:
+            log.warning("could not record event %s: %s", kind, exc)
+
+    # --- standby states ------------------------------------------------------------------
+
+    async def report_standby(self, cluster: Cluster) -> None:
+        """Write OSU (with its reason) for instances here that are out of service and whose
+        reported state is missing or stale. A failure (OSF) stays until the intent changes."""
+        ops: list[Operation] = []
+        now = time.time()
+        for hierarchy in cluster.hierarchies:
+            if self.server not in cluster.hierarchy_servers(hierarchy):
+                continue
+            reason = standby_reason(cluster, hierarchy, self.server)
+            revision = cluster.intent_revision(hierarchy)
+            for tag in sorted(hierarchy.tags - self.running):
+                seen = cluster.observed.get((self.server, tag))
+                if seen and seen.state is InstanceState.OSF and seen.intent_revision == revision:
+                    continue
+                if seen and seen.state is InstanceState.OSU and seen.reason == reason:
+                    continue
+                record = StateRecord(state=InstanceState.OSU, reason=reason, since=now, intent_revision=revision)
+                ops.append(Put(key("state", self.server, tag), record.dump()))
+        stale = [
+            tag for (server, tag) in cluster.observed if server == self.server and tag not in cluster.resources
+        ] + [
+            tag
+            for (server, tag) in cluster.observed
+            if server == self.server
+            and tag in cluster.resources
+            and self.server not in cluster.resources[tag].instances
+            and tag not in self.running
+        ]
+        ops += [Delete(key("state", self.server, tag)) for tag in sorted(set(stale))]
+        if ops:
+            await self.store.txn((), ops)

@@ -1,0 +1,122 @@
+"""Running kit actions for the agent: building the context, enforcing the timeout.
+
+The agent owns every timeout (kits only advertise them): an action that overruns is
+cancelled (the kit's command helper kills its process group on cancellation) and reported
+as ``KitTimeout``. Unexpected exceptions from a kit become ``KitError`` so that one buggy
+kit cannot take the agent down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vigil.errors import KitError, KitTimeout, Severity, VigilError
+from vigil.kits.base import Action, Check, ExtendCheck, Kit, KitContext
+from vigil.kits.registry import KitRegistry
+from vigil.model.cluster import Resource
+
+T = TypeVar("T")
+log = logging.getLogger("vigil.agent")
+
+
+class KitRunner:
+    """Runs kit actions on this server."""
+
+    def __init__(
+        self, kits: KitRegistry, server: str, state_dir: Path, addresses: tuple[str, ...]
+    ) -> None:
+        self.kits = kits
+        self.server = server
+        self.state_dir = state_dir
+        self.addresses = addresses
+
+    def kit(self, name: str) -> Kit:
+        return self.kits.get(name)
+
+    def context(
+        self,
+        tag: str,
+        kit: Kit,
+        properties: dict[str, Any],
+        epoch: int = 0,
+    ) -> KitContext:
+        parsed = kit.parse_properties(properties)
+        return KitContext(
+            tag=tag,
+            server=self.server,
+            properties=parsed,
+            log=logging.getLogger(f"vigil.kit.{kit.name}.{tag}"),
+            epoch=epoch,
+            state_dir=self.state_dir / "kits" / tag,
+            addresses=self.addresses,
+        )
+
+    def resource_context(self, resource: Resource, epoch: int = 0) -> tuple[Kit, KitContext]:
+        kit = self.kit(resource.kit)
+        return kit, self.context(resource.tag, kit, resource.properties_on(self.server), epoch)
+
+    async def run(
+        self,
+        action: Action,
+        kit: Kit,
+        ctx: KitContext,
+        call: Callable[[KitContext], Awaitable[T]],
+    ) -> T:
+        """Run ``call(ctx)`` (a bound kit action) within the action's timeout."""
+        timeout = kit.timeout(action, ctx.properties)
+        try:
+            return await asyncio.wait_for(call(ctx), timeout)
+        except TimeoutError as exc:
+            raise KitTimeout(
+                f"{action} of {ctx.tag} ({kit.name}) on {self.server} did not finish "
+                f"within {timeout:g}s and was stopped",
+                Severity.HARD,
+            ) from exc
+        except VigilError:
+            raise
+        except Exception as exc:  # a kit bug must not stop the agent
+            log.exception("kit %s raised an unexpected error during %s of %s", kit.name, action, ctx.tag)
+            raise KitError(
+                f"{action} of {ctx.tag} ({kit.name}) on {self.server} failed unexpectedly: "
+                f"{type(exc).__name__}: {exc}",
+                Severity.HARD,
+            ) from exc
+
+    # thin, typed shortcuts for the common actions
+
+    async def restore(self, resource: Resource, epoch: int) -> None:
+        kit, ctx = self.resource_context(resource, epoch)
+        await self.run(Action.RESTORE, kit, ctx, kit.restore)
+
+    async def remove(self, resource: Resource, epoch: int = 0) -> None:
+        kit, ctx = self.resource_context(resource, epoch)
+        await self.run(Action.REMOVE, kit, ctx, kit.remove)
+
+    async def quick_check(self, resource: Resource) -> Check:
+        kit, ctx = self.resource_context(resource)
+        return await self.run(Action.QUICK_CHECK, kit, ctx, kit.quick_check)
+
+    async def validate_create(self, tag: str, kit_name: str, properties: dict[str, Any]) -> list[str]:
+        kit = self.kit(kit_name)
+        try:
+            ctx = self.context(tag, kit, properties)
+        except KitError as exc:
+            return [str(exc)]
+        return await self.run(Action.VALIDATE_CREATE, kit, ctx, kit.validate_create)
+
+    async def can_extend(self, resource: Resource, properties: dict[str, Any]) -> ExtendCheck:
+        kit = self.kit(resource.kit)
+        try:
+            ctx = self.context(resource.tag, kit, properties)
+        except KitError as exc:
+            return ExtendCheck(problems=[str(exc)])
+        return await self.run(Action.CAN_EXTEND, kit, ctx, kit.can_extend)
+
+    async def delete(self, resource: Resource) -> None:
+        kit, ctx = self.resource_context(resource)
+        await self.run(Action.DELETE, kit, ctx, kit.delete)
+

@@ -1,0 +1,97 @@
+"""The agent's lease: its right to hold resources in service.
+
+The holder counts from when it *sent* its last successful renewal: the store received it
+later, and every other server sees it later still, so the lease cannot expire for anyone
+else before ``last_sent + ttl``. The keeper declares the lease lost once
+``last_sent + ttl - safety_margin`` has passed without a renewal (or when the store says it
+is gone), leaving the margin for the agent to take its resources out of service first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from vigil.agent.config import SAFETY_MARGIN, LeaseSettings
+from vigil.errors import LeaseLost, StoreError
+from vigil.store.base import Store
+
+log = logging.getLogger("vigil.agent.lease")
+
+
+class LeaseKeeper:
+    """Grants and renews one lease; calls ``on_lost`` once when it can no longer be trusted."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: LeaseSettings,
+        on_lost: Callable[[str], Awaitable[None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_lost = on_lost
+        self.clock = clock
+        self.lease_id = 0
+        self.last_sent = 0.0
+
+    async def grant(self) -> int:
+        """Grant a fresh lease (etcd grants whole seconds: round up, the safe direction)."""
+        sent = self.clock()
+        lease = await self.store.grant_lease(math.ceil(self.settings.ttl))
+        self.lease_id, self.last_sent = lease.id, sent
+        log.info("lease %x granted (ttl %ss)", lease.id, lease.ttl)
+        return lease.id
+
+    @property
+    def trusted_until(self) -> float:
+        """Monotonic time after which this agent must consider its lease lost."""
+        return self.last_sent + self.settings.ttl - SAFETY_MARGIN
+
+    def valid(self) -> bool:
+        return self.lease_id != 0 and self.clock() < self.trusted_until
+
+    async def run(self) -> None:
+        """Renew until cancelled or lost. Returns after ``on_lost`` has run."""
+        while True:
+            await asyncio.sleep(self.settings.renew_interval)
+            reason = await self._renew_once()
+            if reason:
+                lease_id, self.lease_id = self.lease_id, 0
+                log.error("lease %x lost: %s", lease_id, reason)
+                await self.on_lost(reason)
+                return
+
+    async def _renew_once(self) -> str | None:
+        """Renew, retrying until the trust deadline; the reason when the lease is lost."""
+        while True:
+            sent = self.clock()
+            if sent >= self.trusted_until:
+                return (
+                    f"no successful renewal for {sent - self.last_sent:.1f}s "
+                    f"(ttl {self.settings.ttl}s, safety margin {SAFETY_MARGIN}s)"
+                )
+            budget = min(self.settings.request_timeout, self.trusted_until - sent)
+            try:
+                await asyncio.wait_for(self.store.keep_alive(self.lease_id), budget)
+            except LeaseLost as exc:
+                return f"the store says the lease is gone ({exc})"
+            except (StoreError, TimeoutError) as exc:
+                log.warning("lease renewal failed, retrying: %s", exc or type(exc).__name__)
+                await asyncio.sleep(min(0.1, self.settings.renew_interval))
+                continue
+            self.last_sent = sent
+            return None
+
+    async def revoke(self) -> None:
+        """Give the lease back (orderly stop): its keys vanish at once."""
+        if self.lease_id:
+            lease_id, self.lease_id = self.lease_id, 0
+            try:
+                await self.store.revoke_lease(lease_id)
+            except StoreError as exc:
+                log.warning("could not revoke lease %x (it will expire): %s", lease_id, exc)

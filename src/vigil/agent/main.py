@@ -1,0 +1,134 @@
+"""``vigil agent run``: set up logging and signals, then run the agent and its API.
+
+Logging goes through a ``QueueHandler``: a slow disk must never delay a lease renewal
+(the writing happens in the ``QueueListener``'s thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import sys
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from vigil.agent.config import AgentConfig, load_config, load_tokens
+from vigil.agent.daemon import Agent
+from vigil.agent.operations import Operations
+from vigil.api.app import create_app
+from vigil.api.auth import Authenticator
+
+log = logging.getLogger("vigil.agent")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def setup_logging(log_file: Path | None, level: int = logging.INFO) -> logging.handlers.QueueListener:
+    """One readable line per record, written off the event loop."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    target: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        target = logging.FileHandler(log_file)
+    else:
+        target = logging.StreamHandler(sys.stderr)
+    target.setFormatter(formatter)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(level)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    listener = logging.handlers.QueueListener(records, target)
+    listener.start()
+    return listener
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (daemons started by kits), so they are reaped promptly:
+    PID 1 reaps slowly on some machines, which slows daemons that wait for children."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except OSError:
+        log.warning("could not become a child subreaper; orphans will be reaped by PID 1")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the agent owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _reap_orphans() -> None:
+    """Reap adopted orphans (daemons started by kits that exited).
+
+    asyncio reaps its own children by pid (a thread blocked in ``waitpid`` per child), so a
+    zombie that is still there after a grace period has nobody waiting for it: it is an
+    adopted orphan, and we reap it. ``WNOWAIT`` peeks without reaping, so an asyncio child
+    is never stolen from its watcher.
+    """
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            continue
+        if first is None:
+            continue
+        await asyncio.sleep(0.5)
+        with contextlib.suppress(ChildProcessError):
+            again = os.waitid(os.P_PID, first.si_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if again is not None:
+                os.waitpid(first.si_pid, os.WNOHANG)
+
+
+async def run(config: AgentConfig) -> None:
+    agent = Agent(config)
+    tokens = Authenticator(load_tokens(config.tokens_file))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+
+    async def serve_api(agent: Agent) -> None:
+        assert agent.store and agent.actor
+        operations = Operations(agent.store, agent.actor.runner, agent.server)
+        app = create_app(operations, tokens)
+        server = _ApiServer(
+            uvicorn.Config(app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off")
+        )
+        serving = asyncio.create_task(server.serve())
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            server.should_exit = True  # let uvicorn finish its requests and close
+            await serving
+
+    reaper = asyncio.create_task(_reap_orphans())
+    try:
+        await agent.run(serve_api)
+    finally:
+        reaper.cancel()
+
+
+def main(config_file: Path) -> int:
+    """Run the agent until SIGTERM; returns the process exit code."""
+    config = load_config(config_file)
+    listener = setup_logging(config.log_file)
+    become_subreaper()
+    try:
+        asyncio.run(run(config))
+    except Exception:
+        log.exception("the agent of %s stopped on an error", config.server)
+        return 1
+    finally:
+        listener.stop()
+    return 0

@@ -1,0 +1,264 @@
+"""The administrator's operations, carried out by an agent for the API.
+
+Each operation reads the cluster, validates everything (the engine's rules, then the kits'
+checks on this server), and writes one transaction guarded by the configuration revision it
+validated against. Operations that change where something is in service then wait for the
+agents to report the outcome, so the caller learns whether it worked.
+
+Kit checks run where the resource will live: the API forwards ``create`` and ``extend`` to
+the agent of the target server, which runs them here (``self.server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vigil.agent.kitrunner import KitRunner
+from vigil.agent.storeio import apply_change, event_operation, read_cluster
+from vigil.engine import changes
+from vigil.engine.changes import Change
+from vigil.errors import KitError, ValidationError
+from vigil.kits.base import Action, Kit
+from vigil.model.cluster import Cluster, Hierarchy, Resource
+from vigil.model.states import InstanceState
+from vigil.store.base import Store
+
+log = logging.getLogger("vigil.agent.operations")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an operation did, and where things stand after it."""
+
+    summary: str
+    ok: bool = True
+    detail: str = ""
+    revision: int = 0
+
+
+class Operations:
+    def __init__(self, store: Store, runner: KitRunner, server: str) -> None:
+        self.store = store
+        self.runner = runner
+        self.server = server
+
+    async def cluster(self) -> Cluster:
+        return await read_cluster(self.store)
+
+    async def _commit(self, cluster: Cluster, change: Change, user: str) -> int:
+        revision = await apply_change(self.store, cluster, change, user)
+        log.info("%s (by %s)", change.summary, user)
+        await self.store.txn((), (event_operation(self.server, "configuration", f"{change.summary} (by {user})"),))
+        return revision
+
+    # --- properties ------------------------------------------------------------------------
+
+    def split_properties(self, kit: Kit, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(cluster-wide, per-server) by the kit's declaration of its fields."""
+        per_server = kit.Properties.per_server_fields()
+        shared = {k: v for k, v in values.items() if k not in per_server}
+        mine = {k: v for k, v in values.items() if k in per_server}
+        return shared, mine
+
+    def check_properties(self, cluster: Cluster, resource: Resource, server: str) -> list[str]:
+        """Problems with ``resource``'s properties on ``server``: type errors, and values that
+        must be unique in the cluster but are used by another resource of the same kit."""
+        kit = self.runner.kit(resource.kit)
+        try:
+            kit.parse_properties(resource.properties_on(server))
+        except KitError as exc:
+            return [str(exc)]
+        problems = []
+        for name in sorted(kit.Properties.unique_fields()):
+            value = resource.properties_on(server).get(name)
+            for other in cluster.resources.values():
+                if other.tag == resource.tag or other.kit != resource.kit:
+                    continue
+                if any(other.properties_on(s).get(name) == value for s in other.instances):
+                    problems.append(f"{name} {value!r} is already used by resource {other.tag}")
+        return problems
+
+    # --- create ---------------------------------------------------------------------------
+
+    async def create_resource(
+        self, tag: str, kit_name: str, properties: Mapping[str, Any], user: str, timeout: float
+    ) -> Outcome:
+        cluster = await self.cluster()
+        kit = self.runner.kit(kit_name) if kit_name in self.runner.kits.names() else None
+        shared, mine = self.split_properties(kit, properties) if kit else (dict(properties), {})
+        change = changes.create_resource(
+            cluster,
+            tag=tag,
+            kit=kit_name,
+            server=self.server,
+            properties=shared,
+            server_properties=mine,
+            known_kits=self.runner.kits.names(),
+        )
+        resource = change.resources[tag]
+        problems = self.check_properties(cluster, resource, self.server)
+        if not problems:
+            problems = await self.runner.validate_create(tag, kit_name, resource.properties_on(self.server))
+        if problems:
+            raise ValidationError(f"cannot create {tag} on {self.server}: {problems[0]}", problems)
+        revision = await self._commit(cluster, change, user)
+        return await self.wait_in_service(tag, self.server, revision, timeout, change.summary)
+
+    # --- extend / unextend -------------------------------------------------------------------
+
+    async def extend(
+        self,
+        tag: str,
+        priority: int | None,
+        overrides: Mapping[str, Mapping[str, Any]],
+        user: str,
+    ) -> Outcome:
+        """Extend the hierarchy of ``tag`` to this server (the target)."""
+        cluster = await self.cluster()
+        change, priority = changes.extend(cluster, tag, self.server, priority)
+        unknown = sorted(set(overrides) - set(change.resources))
+        if unknown:
+            raise ValidationError(f"properties given for {', '.join(unknown)}, which are not in this hierarchy")
+        resources, problems = {}, []
+        for member, resource in sorted(change.resources.items()):
+            updated, found = await self._prepare_extend(cluster, resource, overrides.get(member, {}))
+            resources[member] = updated
+            problems += found
+        if problems:
+            raise ValidationError(f"cannot extend {tag} to {self.server}: {problems[0]}", problems)
+        change = replace(change, resources=resources)
+        for resource in resources.values():
+            kit, ctx = self.runner.resource_context(resource)
+            await self.runner.run(Action.EXTEND, kit, ctx, kit.extend)
+        revision = await self._commit(cluster, change, user)
+        return Outcome(change.summary, revision=revision)
+
+    async def _prepare_extend(
+        self, cluster: Cluster, resource: Resource, override: Mapping[str, Any]
+    ) -> tuple[Resource, list[str]]:
+        """The resource with this server's properties set (given, else proposed by the kit's
+        pre-extend checks, else copied from the template), and the problems found."""
+        kit = self.runner.kit(resource.kit)
+        template = resource.servers_by_priority[0]
+        per_server = kit.Properties.per_server_fields()
+        bad = sorted(set(override) - per_server)
+        if bad:
+            return resource, [f"{resource.tag}: {', '.join(bad)} cannot differ per server"]
+        values = {k: v for k, v in resource.server_properties.get(template, {}).items()}
+        values.update(override)
+        candidate = _with_server_properties(resource, self.server, values)
+        check = await self.runner.can_extend(candidate, candidate.properties_on(self.server))
+        proposed = {k: v for k, v in check.proposed.items() if k not in override}
+        values.update(proposed)
+        candidate = _with_server_properties(resource, self.server, values)
+        problems = [f"{resource.tag}: {p}" for p in check.problems]
+        problems += [f"{resource.tag}: {p}" for p in self.check_properties(cluster, candidate, self.server)]
+        return candidate, problems
+
+    async def unextend(self, tag: str, server: str, user: str) -> Outcome:
+        cluster = await self.cluster()
+        change = changes.unextend(cluster, tag, server)
+        revision = await self._commit(cluster, change, user)
+        return Outcome(change.summary, revision=revision)
+
+    # --- dependencies, properties, comm paths: configuration only ------------------------
+
+    async def configure(self, build: Any, user: str, *args: Any, **kwargs: Any) -> Outcome:
+        """Validate with ``build(cluster, *args)`` (an engine function) and commit."""
+        cluster = await self.cluster()
+        change: Change = build(cluster, *args, **kwargs)
+        for resource in change.resources.values():
+            for server in resource.instances:
+                problems = self.check_properties(cluster, resource, server)
+                if problems:
+                    raise ValidationError(f"invalid properties for {resource.tag}: {problems[0]}", problems)
+        revision = await self._commit(cluster, change, user)
+        return Outcome(change.summary, revision=revision)
+
+    # --- in service, out of service, delete -------------------------------------------------
+
+    async def in_service(self, tag: str, server: str, user: str, timeout: float) -> Outcome:
+        cluster = await self.cluster()
+        change = changes.bring_in_service(cluster, tag, server, user)
+        revision = await self._commit(cluster, change, user)
+        return await self.wait_in_service(tag, server, revision, timeout, change.summary)
+
+    async def out_of_service(self, tag: str, user: str, timeout: float) -> Outcome:
+        cluster = await self.cluster()
+        change = changes.take_out_of_service(cluster, tag, user)
+        revision = await self._commit(cluster, change, user)
+        return await self.wait_released(cluster.hierarchy(tag).tags, revision, timeout, change.summary)
+
+    async def delete(self, tag: str, user: str, timeout: float) -> Outcome:
+        """Out of service (just the doomed part), then delete from every server."""
+        cluster = await self.cluster()
+        doomed = changes.deletion_set(cluster, tag)
+        if any(t in cluster.owners or cluster.intents.get(t) and cluster.intents[t].server for t in doomed):
+            crossing = frozenset(
+                d for d in cluster.dependencies if (d.parent in doomed) != (d.child in doomed)
+            )
+            detach = Change(
+                deleted_dependencies=crossing,
+                intents=dict.fromkeys(doomed),
+                intent_reason=f"being deleted by {user}",
+                summary=f"{tag}: out of service before deletion",
+            )
+            revision = await self._commit(cluster, detach, user)
+            outcome = await self.wait_released(frozenset(doomed), revision, timeout, detach.summary)
+            if not outcome.ok:
+                return Outcome(f"{tag} was not deleted", False, outcome.detail)
+            cluster = await self.cluster()
+        change = changes.delete_hierarchy(cluster, tag)
+        revision = await self._commit(cluster, change, user)
+        return Outcome(change.summary, revision=revision)
+
+    # --- waiting for the agents ---------------------------------------------------------------
+
+    async def wait_in_service(
+        self, tag: str, server: str, revision: int, timeout: float, summary: str
+    ) -> Outcome:
+        deadline = time.monotonic() + timeout
+        while True:
+            cluster = await self.cluster()
+            if tag not in cluster.resources:
+                return Outcome(summary, False, f"{tag} was deleted meanwhile")
+            hierarchy = cluster.hierarchy(tag)
+            states = {t: cluster.state_of(server, t) for t in hierarchy.tags}
+            failed = [s for s in states.values() if s.state is InstanceState.OSF and s.intent_revision >= revision]
+            if failed:
+                detail = "; ".join(f"{s.tag}: {s.reason}" for s in failed)
+                return Outcome(summary, False, f"{hierarchy.name} could not be brought in service on {server}: {detail}")
+            if all(s.state.in_service for s in states.values()) and _owned_by(cluster, hierarchy, server):
+                return Outcome(summary, True, f"{hierarchy.name} is in service on {server}", revision)
+            if time.monotonic() > deadline:
+                pending = ", ".join(f"{t} {s.state} ({s.reason})" for t, s in sorted(states.items()))
+                return Outcome(summary, False, f"not in service on {server} after {timeout:g}s: {pending}")
+            await asyncio.sleep(0.1)
+
+    async def wait_released(
+        self, tags: frozenset[str], revision: int, timeout: float, summary: str
+    ) -> Outcome:
+        deadline = time.monotonic() + timeout
+        while True:
+            cluster = await self.cluster()
+            owned = sorted(t for t in tags if t in cluster.owners)
+            if not owned:
+                return Outcome(summary, True, "out of service on every server", revision)
+            if time.monotonic() > deadline:
+                where = ", ".join(f"{t} on {cluster.owners[t].server}" for t in owned)
+                return Outcome(summary, False, f"still in service after {timeout:g}s: {where}")
+            await asyncio.sleep(0.1)
+
+
+def _owned_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:
+    return all(t in cluster.owners and cluster.owners[t].server == server for t in hierarchy.tags)
+
+
+def _with_server_properties(resource: Resource, server: str, values: Mapping[str, Any]) -> Resource:
+    return replace(resource, server_properties={**resource.server_properties, server: dict(values)})
+

@@ -1,0 +1,128 @@
+"""What one agent should do now: the pure decision step of observe → decide → act.
+
+``decide`` takes one consistent ``Cluster`` view, the agent's own server name and what the
+agent knows only locally (which resources it has in service, which restores failed), and
+returns one ``Step`` per hierarchy that needs action, each with a readable reason that the
+agent logs once and tests assert.
+
+The ownership rule it enforces: a hierarchy is restored on a server only when no other
+server owns any of its resources (owner keys are bound to their holder's lease, so an owner
+key exists exactly while its owner may still have the resource in service).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from vigil.engine.order import remove_waves, restore_waves
+from vigil.model.cluster import Cluster, Hierarchy
+
+
+class StepKind(StrEnum):
+    RESTORE = "restore"  # claim ownership, then restore children-first
+    REMOVE = "remove"  # remove parents-first, then release ownership
+    WAIT = "wait"  # nothing to do until something changes elsewhere
+
+
+@dataclass(frozen=True)
+class LocalView:
+    """What only this agent knows.
+
+    ``running``: resources this agent has in service now. ``failed``: hierarchy name ->
+    the intent revision whose restore failed here (not retried until the intent changes).
+    """
+
+    running: frozenset[str] = frozenset()
+    failed: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decision about one hierarchy."""
+
+    kind: StepKind
+    hierarchy: str
+    tags: frozenset[str]
+    reason: str
+    #: restore or remove order, in waves of resources that may run in parallel
+    waves: tuple[tuple[str, ...], ...] = ()
+    #: resources whose ownership this server must claim before restoring
+    claim: frozenset[str] = frozenset()
+    #: resources whose ownership this server releases after removing
+    release: frozenset[str] = frozenset()
+    intent_revision: int = 0
+
+
+def decide(cluster: Cluster, me: str, local: LocalView) -> list[Step]:
+    """Every step this server should take now, one per hierarchy that needs one."""
+    steps = []
+    for hierarchy in cluster.hierarchies:
+        step = _decide_hierarchy(cluster, me, local, hierarchy)
+        if step is not None:
+            steps.append(step)
+    orphans = local.running - set(cluster.resources)
+    if orphans:
+        steps.append(
+            Step(
+                StepKind.REMOVE,
+                ", ".join(sorted(orphans)),
+                frozenset(orphans),
+                "resources deleted from the cluster are still in service here",
+                waves=(tuple(sorted(orphans)),),
+                release=frozenset(orphans),
+            )
+        )
+    return steps
+
+
+def _decide_hierarchy(
+    cluster: Cluster, me: str, local: LocalView, hierarchy: Hierarchy
+) -> Step | None:
+    tags = hierarchy.tags
+    wanted = cluster.intended_server(hierarchy)
+    revision = cluster.intent_revision(hierarchy)
+    running = tags & local.running
+    mine = frozenset(t for t in tags if t in cluster.owners and cluster.owners[t].server == me)
+    others = sorted(cluster.owner_of(hierarchy) - {me})
+    name = hierarchy.name
+    if wanted == me and me in cluster.hierarchy_servers(hierarchy):
+        if local.failed.get(name) == revision:
+            return None
+        if others:
+            why = f"{name} is wanted here but still owned by {', '.join(others)}: waiting for release"
+            return Step(StepKind.WAIT, name, tags, why, intent_revision=revision)
+        if running == tags and mine == tags:
+            return None
+        waves = tuple(tuple(w) for w in restore_waves(cluster, tags))
+        why = f"restoring {name} on {me}: " + _restore_cause(cluster, hierarchy, me)
+        return Step(
+            StepKind.RESTORE, name, tags, why, waves, claim=tags - mine, intent_revision=revision
+        )
+    if running or mine:
+        waves = tuple(tuple(w) for w in remove_waves(cluster, running))
+        where = f"it is wanted on {wanted}" if wanted else "it is wanted out of service"
+        if wanted == me:
+            where = f"{me} no longer has every resource of {name} extended here"
+        why = f"removing {name} from {me}: {where}"
+        return Step(StepKind.REMOVE, name, tags, why, waves, release=mine, intent_revision=revision)
+    return None
+
+
+def _restore_cause(cluster: Cluster, hierarchy: Hierarchy, me: str) -> str:
+    intent = cluster.intents.get(hierarchy.name)
+    if intent and intent.reason:
+        return intent.reason
+    return f"it is wanted in service on {me}"
+
+
+def standby_reason(cluster: Cluster, hierarchy: Hierarchy, me: str) -> str:
+    """The reason shown for an out-of-service instance on ``me`` ("in service on node2")."""
+    owners = sorted(cluster.owner_of(hierarchy) - {me})
+    if owners:
+        return f"in service on {', '.join(owners)}"
+    wanted = cluster.intended_server(hierarchy)
+    if wanted and wanted != me:
+        return f"wanted in service on {wanted}"
+    return "out of service"
