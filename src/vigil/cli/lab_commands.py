@@ -1,0 +1,173 @@
+"""``vigil lab``: build, use, inspect and tear down a lab cluster on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from vigil.errors import VigilError
+from vigil.lab import Lab, LabInfo, LabStatus
+
+app = typer.Typer(
+    help="A lab: a cluster of N servers on this machine (network + mount namespaces on a "
+    "private bridge, one agent each). Needs root.",
+    no_args_is_help=True,
+)
+
+NameOption = Annotated[str, typer.Option("--name", help="Name of the lab (at most 9 characters).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn vigil errors into one clear message on stderr and exit status 1."""
+    try:
+        yield
+    except VigilError as exc:
+        _err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _yes_no(value: bool | None) -> str:
+    return {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[value]
+
+
+def _show_info(info: LabInfo) -> None:
+    table = Table(
+        title=f"lab {info.name} ({info.subnet}, bridge {info.bridge})", box=box.SIMPLE_HEAD
+    )
+    for column in ("server", "address", "API URL", "agent pid"):
+        table.add_column(column, no_wrap=True)
+    for server in info.servers:
+        pid = str(server.agent_pid) if server.agent_pid else "-"
+        table.add_row(server.name, server.address, server.api_url, pid)
+    _out.print(table)
+    _out.print(f"host address: {info.host_address}   store: {info.store_url}", highlight=False)
+    _out.print(f"client file (URLs and tokens): {info.client_file}", highlight=False)
+
+
+def _show_status(status: LabStatus) -> None:
+    if not status.exists:
+        _out.print(f"lab {status.name}: nothing exists")
+        return
+    _out.print(
+        f"lab {status.name}: root {status.root} {_yes_no(status.root_exists)}, "
+        f"state file {_yes_no(status.state_file)}, bridge {_yes_no(status.bridge)}",
+        highlight=False,
+    )
+    table = Table(box=box.SIMPLE_HEAD)
+    columns = ("server", "address", "netns", "mount ns", "agent pid", "agent", "API", "procs")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for server in status.servers:
+        table.add_row(
+            server.name,
+            server.address or "-",
+            _yes_no(server.netns),
+            _yes_no(server.mount_ns),
+            str(server.agent_pid) if server.agent_pid else "-",
+            "running" if server.agent_alive else ("[red]gone[/]" if server.agent_pid else "-"),
+            _yes_no(server.api_ok),
+            str(server.processes),
+        )
+    _out.print(table)
+
+
+@app.command()
+def up(
+    servers: Annotated[
+        int, typer.Option("--servers", "-n", min=1, max=99, help="Number of servers.")
+    ] = 3,
+    name: NameOption = "lab",
+    subnet_index: Annotated[
+        int,
+        typer.Option("--subnet-index", min=0, max=255, help="The lab uses 10.213.<index>.0/24."),
+    ] = 0,
+    agents: Annotated[
+        bool, typer.Option("--agents/--no-agents", help="Start an agent on each server.")
+    ] = True,
+    keep_on_failure: Annotated[
+        bool,
+        typer.Option("--keep-on-failure", help="Leave a lab that failed to start, to debug it."),
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Build a lab of N servers (node1..nodeN) and start their agents."""
+    with _errors():
+        info = Lab(name, subnet_index).up(
+            servers, start_agents=agents, keep_on_failure=keep_on_failure
+        )
+    if json_output:
+        _print_json(info.to_dict())
+    else:
+        _show_info(info)
+
+
+@app.command()
+def down(name: NameOption = "lab", json_output: JsonOption = False) -> None:
+    """Stop everything in the lab and remove it without leftovers (also after a crash)."""
+    with _errors():
+        Lab(name).down()
+    if json_output:
+        _print_json({"name": name, "down": True})
+    else:
+        _out.print(f"lab {name} is down: nothing of it is left", highlight=False)
+
+
+@app.command(
+    "exec",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
+)
+def exec_(
+    server: Annotated[str, typer.Argument(help="The server, e.g. node1.")],
+    command: Annotated[list[str], typer.Argument(help="The command (after `--`).")],
+    name: NameOption = "lab",
+) -> None:
+    """Run a command inside a server: `vigil lab exec node1 -- ip -br addr`.
+
+    Its stdin, stdout and stderr are this terminal's; its exit status is returned.
+    """
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _err.print("error: no command given: vigil lab exec SERVER -- COMMAND...")
+        raise typer.Exit(2)
+    with _errors():
+        done = Lab(name).exec(server, command)
+    raise typer.Exit(done.returncode)
+
+
+@app.command()
+def status(
+    name: NameOption = "lab",
+    check_api: Annotated[
+        bool, typer.Option("--check-api/--no-check-api", help="Ask each agent's health check.")
+    ] = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Show what exists of the lab: namespaces, bridge, agents and whether they answer."""
+    with _errors():
+        result = Lab(name).status(check_api=check_api)
+    if json_output:
+        _print_json(result.to_dict())
+    else:
+        _show_status(result)

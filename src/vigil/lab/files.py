@@ -1,0 +1,142 @@
+"""Files a lab writes under its root: state (lab.json), tokens, agent configs, client file.
+
+The agent configuration and tokens file follow ``vigil.agent.config``; each agent
+configuration is read back through ``load_config`` so a lab never starts an agent on a
+file the agent would refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticError
+
+from vigil.agent.config import load_config, load_tokens
+from vigil.errors import ConfigError, LabError
+
+#: token names and their roles, in the order they are written
+TOKEN_ROLES = (("admin", "administrator"), ("operator", "operator"), ("guest", "guest"))
+STATE_SCHEMA_VERSION = 1
+
+
+class ServerState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    address: str
+    netns: str
+    mount_ns: str
+    host_veth: str
+    agent_pid: int | None = None
+
+
+class LabState(BaseModel):
+    """``lab.json``: what a lab has built so far, rewritten after each step."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = STATE_SCHEMA_VERSION
+    name: str
+    subnet: str
+    subnet_index: int
+    bridge: str
+    host_address: str
+    servers: dict[str, ServerState] = Field(default_factory=dict)
+
+
+def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+def save_state(path: Path, state: LabState) -> None:
+    _write_atomically(path, state.model_dump_json(indent=2) + "\n")
+
+
+def load_state(path: Path) -> LabState | None:
+    """The lab state, ``None`` if there is no state file; ``LabError`` if it is unreadable."""
+    try:
+        return LabState.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, PydanticError) as exc:
+        raise LabError(f"lab state {path} is unreadable: {exc}") from exc
+
+
+def write_tokens(path: Path) -> dict[str, str]:
+    """Write a tokens file with a fresh random token per role; returns role → token."""
+    tokens = {role: secrets.token_urlsafe(24) for _, role in TOKEN_ROLES}
+    blocks = [
+        f"[[token]]\nname = {_toml_str(name)}\nrole = {_toml_str(role)}\n"
+        f"token = {_toml_str(tokens[role])}\n"
+        for name, role in TOKEN_ROLES
+    ]
+    _write_atomically(path, "# API tokens of this lab\n\n" + "\n".join(blocks), 0o600)
+    return tokens
+
+
+def read_tokens(path: Path) -> dict[str, str]:
+    """role → token from a tokens file written by ``write_tokens`` ({} if missing)."""
+    try:
+        entries = load_tokens(path).token
+    except ConfigError:
+        return {}
+    return {entry.role: entry.token for entry in entries}
+
+
+def write_agent_config(
+    path: Path,
+    *,
+    server: str,
+    address: str,
+    port: int,
+    store_url: str,
+    state_dir: Path,
+    tokens_file: Path,
+    log_file: Path,
+) -> None:
+    """Write one agent's configuration and check that the agent would accept it."""
+    text = (
+        f"# vigil agent of lab server {server}\n"
+        f"server = {_toml_str(server)}\n"
+        f"store = {_toml_str(store_url)}\n"
+        f"state_dir = {_toml_str(str(state_dir))}\n"
+        f"tokens_file = {_toml_str(str(tokens_file))}\n"
+        f"addresses = {_toml_list([address])}\n"
+        f"log_file = {_toml_str(str(log_file))}\n"
+        "\n[api]\n"
+        f"listen = {_toml_str(address)}\n"
+        f"port = {port}\n"
+    )
+    _write_atomically(path, text)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        raise LabError(f"the lab wrote an agent configuration the agent refuses: {exc}") from exc
+
+
+def write_client_file(path: Path, urls: list[str], tokens: dict[str, str]) -> None:
+    """Write the client file the CLI and tests use to find the lab's agents."""
+    lines = [
+        "# how to reach this lab's agents (vigil CLI, tests)",
+        f"url = {_toml_str(urls[0])}",
+        f"urls = {_toml_list(urls)}",
+        "",
+        "[tokens]",
+        *(f"{role} = {_toml_str(tokens[role])}" for _, role in TOKEN_ROLES if role in tokens),
+    ]
+    _write_atomically(path, "\n".join(lines) + "\n", 0o600)

@@ -1,0 +1,106 @@
+"""What a lab tells its users: ``LabInfo`` (a lab that is up) and ``LabStatus`` (what exists)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vigil.errors import LabError
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """One lab server: its names, address, API and agent."""
+
+    name: str
+    address: str
+    api_url: str
+    netns: str
+    mount_ns: Path
+    config_file: Path
+    agent_out: Path
+    agent_pid: int | None
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """A lab that is up: where everything is and how to reach it."""
+
+    name: str
+    root: Path
+    subnet: str
+    bridge: str
+    host_address: str
+    store_url: str
+    client_file: Path
+    tokens_file: Path
+    servers: tuple[ServerInfo, ...]
+    tokens: dict[str, str] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        """The API URL of the first server."""
+        return self.servers[0].api_url
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.api_url for server in self.servers]
+
+    def server(self, name: str) -> ServerInfo:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        known = ", ".join(s.name for s in self.servers)
+        raise LabError(f"lab {self.name} has no server {name!r} (it has {known})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings, tokens included)."""
+        data: dict[str, Any] = _jsonable(asdict(self))
+        return data
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What exists of one server. ``api_ok`` is ``None`` when not asked or no agent runs."""
+
+    name: str
+    address: str | None
+    netns: bool
+    mount_ns: bool
+    agent_pid: int | None
+    agent_alive: bool
+    processes: int
+    api_ok: bool | None = None
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    """What exists of a lab, found by its state file and its naming conventions."""
+
+    name: str
+    root: Path
+    root_exists: bool
+    state_file: bool
+    bridge: bool
+    servers: tuple[ServerStatus, ...]
+
+    @property
+    def exists(self) -> bool:
+        """Whether anything of the lab is left."""
+        return self.root_exists or self.bridge or any(s.netns for s in self.servers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = _jsonable(asdict(self))
+        data["exists"] = self.exists
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,368 @@
+"""``Lab``: a cluster of N servers on one machine, each server a pair of namespaces.
+
+Each server ``nodeK`` is a network namespace (``eth0`` on a private bridge, address
+``10.213.I.K/24``, loopback, no default route) and a persistent mount namespace. The host
+has ``10.213.I.254`` on the bridge, so the CLI reaches every agent's API. All agents share
+one embedded store (``sqlite:///ROOT/store.db``). See ``vigil.lab.naming`` for every name
+and ``vigil.lab.teardown`` for how ``down`` finds and removes it all.
+
+Typical use::
+
+    lab = Lab("demo", subnet_index=3)
+    info = lab.up(3)                     # node1..node3 with their agents answering
+    lab.exec("node2", ["ip", "-br", "addr"])
+    lab.stop_agent("node1", signal.SIGKILL)
+    lab.down()                           # idempotent; also after a crash
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vigil.errors import LabError
+from vigil.lab import files, namespaces, network, processes, teardown
+from vigil.lab.info import LabInfo, LabStatus, ServerInfo
+from vigil.lab.naming import (
+    API_PORT,
+    MAX_SERVERS,
+    LabNames,
+    api_url,
+    server_name,
+    server_number,
+)
+
+#: seconds ``up``/``start_agent`` wait for an agent to answer its health check
+AGENT_START_TIMEOUT = 30.0
+HEALTH_PATH = "/v1/health"
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root: it creates network namespaces, a bridge and mounts; run it as root"
+        )
+
+
+class Lab:
+    """One lab, named ``name``, on subnet ``10.213.<subnet_index>.0/24``.
+
+    The object holds no resources of its own: every method reads the lab's state file and
+    the system, so another process (the CLI, a test) may ``down`` or inspect a lab this
+    one built.
+    """
+
+    def __init__(self, name: str = "lab", subnet_index: int = 0) -> None:
+        self.names = LabNames(name, subnet_index)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.names.name
+
+    def __repr__(self) -> str:
+        return f"Lab({self.name!r}, subnet_index={self.names.subnet_index})"
+
+    # -- building ----------------------------------------------------------------------
+    def up(
+        self, servers: int, *, start_agents: bool = True, keep_on_failure: bool = False
+    ) -> LabInfo:
+        """Build the lab with ``servers`` servers and, unless told not to, start their
+        agents and wait until each answers ``GET /v1/health`` with 200.
+
+        Raises ``LabError`` if the lab (or leftovers of it) exists, if its subnet collides
+        with an address or route of the host, or if any step fails; a lab that failed to
+        come up is torn down again unless ``keep_on_failure``.
+        """
+        _require_root()
+        if not 1 <= servers <= MAX_SERVERS:
+            raise LabError(f"a lab has 1 to {MAX_SERVERS} servers, not {servers}")
+        self._refuse_existing()
+        conflicts = network.subnet_conflicts(self.names.subnet)
+        if conflicts:
+            raise LabError(
+                f"subnet {self.names.subnet} of lab {self.name} collides with the host's "
+                f"{', '.join(conflicts)}; choose another subnet index"
+            )
+        try:
+            self._build([server_name(k) for k in range(1, servers + 1)])
+            if start_agents:
+                for server in self._state().servers:
+                    self.start_agent(server, wait=False)
+                self._wait_healthy(list(self._state().servers), AGENT_START_TIMEOUT)
+        except BaseException as exc:
+            if not keep_on_failure:
+                self._down_after_failure(exc)
+            if isinstance(exc, Exception) and not isinstance(exc, LabError):
+                raise LabError(f"lab {self.name} could not be built: {exc}") from exc
+            raise
+        return self.info()
+
+    def _refuse_existing(self) -> None:
+        found = []
+        if self.names.root.exists():
+            found.append(str(self.names.root))
+        if self.names.bridge in network.link_names():
+            found.append(f"bridge {self.names.bridge}")
+        found += [f"netns {n}" for n in teardown.lab_netns(self.names, None)]
+        if found:
+            raise LabError(
+                f"lab {self.name} exists already ({', '.join(found)}); remove it with "
+                f"`vigil lab down --name {self.name}` first"
+            )
+
+    def _build(self, servers: list[str]) -> None:
+        names = self.names
+        names.root.mkdir(mode=0o755, parents=True)
+        tokens = files.write_tokens(names.tokens_file)
+        state = files.LabState(
+            name=names.name,
+            subnet=str(names.subnet),
+            subnet_index=names.subnet_index,
+            bridge=names.bridge,
+            host_address=names.host_address,
+        )
+        files.save_state(names.state_file, state)
+        prefixlen = names.subnet.prefixlen
+        network.create_bridge(
+            names.bridge, names.host_address, prefixlen, alias=f"vigil lab {names.name}"
+        )
+        namespaces.private_bind_dir(names.mount_dir)
+        for server in servers:
+            state.servers[server] = files.ServerState(
+                name=server,
+                address=names.address(server),
+                netns=names.netns(server),
+                mount_ns=str(names.mount_ns_file(server)),
+                host_veth=names.host_veth(server),
+            )
+            files.save_state(names.state_file, state)
+            self._build_server(server)
+        files.write_client_file(names.client_file, [names.api_url(s) for s in servers], tokens)
+
+    def _build_server(self, server: str) -> None:
+        names = self.names
+        network.create_netns(names.netns(server))
+        namespaces.create_mount_ns(names.netns_path(server), names.mount_ns_file(server))
+        network.connect_server(
+            bridge=names.bridge,
+            host_veth=names.host_veth(server),
+            netns_name=names.netns(server),
+            address=names.address(server),
+            prefixlen=names.subnet.prefixlen,
+        )
+        state_dir = names.server_dir(server) / "state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        files.write_agent_config(
+            names.config_file(server),
+            server=server,
+            address=names.address(server),
+            port=API_PORT,
+            store_url=names.store_url,
+            state_dir=state_dir,
+            tokens_file=names.tokens_file,
+            log_file=names.server_dir(server) / "agent.log",
+        )
+
+    def _down_after_failure(self, exc: BaseException) -> None:
+        try:
+            self.down()
+        except LabError as cleanup:
+            exc.add_note(f"tearing the half-built lab down failed too: {cleanup}")
+
+    # -- tearing down ------------------------------------------------------------------
+    def down(self) -> None:
+        """Stop every process of the lab and remove all it created. Idempotent.
+
+        Works without a state file (after a crash, or on a half-built lab) by the lab's
+        naming conventions. Raises ``LabError`` naming each part that could not be
+        removed; parts already gone are not an error.
+        """
+        _require_root()
+        try:
+            state = files.load_state(self.names.state_file)
+        except LabError:
+            state = None  # unreadable: fall back to the naming conventions
+        problems = teardown.tear_down(self.names, state)
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None or not processes.is_alive(pid):
+                del self._children[pid]
+        if problems:
+            raise LabError(
+                f"lab {self.name} could not be removed completely: {'; '.join(problems)}"
+            )
+
+    # -- running things inside servers -------------------------------------------------
+    def exec(self, server: str, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` inside ``server`` (its network and mount namespaces) and wait.
+
+        ``kwargs`` go to ``subprocess.run`` (``capture_output``, ``text``, ``timeout``,
+        ``check``...); ``cwd`` is applied inside the server's mount namespace.
+        """
+        cwd = kwargs.pop("cwd", None)
+        prefix = self._enter(server)
+        if cwd is not None:
+            prefix.insert(1, f"--wd={cwd}")
+        return subprocess.run([*prefix, *argv], check=kwargs.pop("check", False), **kwargs)
+
+    def spawn(self, server: str, argv: list[str], log_file: Path | str) -> int:
+        """Start ``argv`` as a detached daemon inside ``server``; output appended to
+        ``log_file``. Returns its pid. ``down`` stops it with everything else."""
+        child = processes.spawn_detached([*self._enter(server), *argv], Path(log_file))
+        self._children[child.pid] = child
+        return child.pid
+
+    def _enter(self, server: str) -> list[str]:
+        """``nsenter ... --`` for ``server``; ``LabError`` if its namespaces are gone."""
+        server_number(server)
+        netns_path = self.names.netns_path(server)
+        mount_ns = self.names.mount_ns_file(server)
+        if namespaces.ns_key_of_kind(netns_path, "net") is None:
+            raise LabError(f"lab {self.name} has no server {server} (no {netns_path})")
+        if namespaces.ns_key_of_kind(mount_ns, "mnt") is None:
+            raise LabError(f"server {server} of lab {self.name} has no mount namespace")
+        return namespaces.nsenter_argv(netns_path, mount_ns, [])
+
+    # -- agents ------------------------------------------------------------------------
+    def start_agent(self, server: str, *, wait: bool = True) -> int:
+        """Start ``server``'s agent unless it runs already; returns its pid. With ``wait``,
+        wait until it answers its health check (``LabError`` after 30 s, with the tail of
+        its ``agent.out``)."""
+        pid = self.agent_pid(server)
+        if pid is None:
+            names = self.names
+            argv = [sys.executable, "-m", "vigil", "agent", "run"]
+            argv += ["--config", str(names.config_file(server))]
+            child = processes.spawn_detached([*self._enter(server), *argv], names.agent_out(server))
+            self._children[child.pid] = child
+            pid = child.pid
+            self._set_agent_pid(server, pid)
+        if wait:
+            self._wait_healthy([server], AGENT_START_TIMEOUT)
+        return pid
+
+    def stop_agent(
+        self, server: str, sig: int = signal.SIGTERM, *, wait: bool = True, timeout: float = 10.0
+    ) -> None:
+        """Send ``sig`` to ``server``'s agent (nothing if none runs). With ``wait``, wait
+        until it is gone, SIGKILLing it after ``timeout`` s; use ``wait=False`` for
+        signals that do not end a process (SIGSTOP)."""
+        pid = self.agent_pid(server)
+        if pid is None:
+            return
+        processes.send([pid], sig)
+        if not wait:
+            return
+        if processes.wait_gone([pid], timeout) and processes.terminate([pid], grace=0.0):
+            raise LabError(f"the agent on {server} (pid {pid}) survived SIGKILL")
+        self._set_agent_pid(server, None)
+
+    def agent_pid(self, server: str) -> int | None:
+        """The pid of ``server``'s agent if it runs (inside that server), else ``None``."""
+        record = self._state().servers.get(server)
+        if record is None:
+            raise LabError(f"lab {self.name} has no server {server!r}")
+        pid = record.agent_pid
+        if pid is None or not processes.is_alive(pid):
+            return None
+        key = namespaces.ns_key_of_kind(self.names.netns_path(server), "net")
+        if namespaces.ns_key(f"/proc/{pid}/ns/net") != key:
+            return None  # the pid was reused by a process outside the server
+        return pid
+
+    def _set_agent_pid(self, server: str, pid: int | None) -> None:
+        state = self._state()
+        state.servers[server].agent_pid = pid
+        files.save_state(self.names.state_file, state)
+
+    def _wait_healthy(self, servers: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(servers)
+        state = self._state()
+        urls = {s: api_url(state.servers[s].address) + HEALTH_PATH for s in servers}
+        last: dict[str, str] = {}
+        # trust_env=False: never send lab traffic to a proxy outside the lab
+        with httpx.Client(trust_env=False, timeout=1.0) as client:
+            while pending:
+                for server in list(pending):
+                    if self.agent_pid(server) is None:
+                        raise self._agent_error(server, "exited before answering its health check")
+                    try:
+                        answer = client.get(urls[server])
+                    except httpx.HTTPError as exc:
+                        last[server] = f"{type(exc).__name__}: {exc}"
+                        continue
+                    if answer.status_code == 200:
+                        pending.remove(server)
+                    else:
+                        last[server] = f"HTTP {answer.status_code}"
+                if pending and time.monotonic() > deadline:
+                    server = pending[0]
+                    raise self._agent_error(
+                        server,
+                        f"did not answer GET {urls[server]} with "
+                        f"200 within {timeout:.0f} s (last: {last.get(server, 'nothing')})",
+                    )
+                if pending:
+                    time.sleep(0.1)
+
+    def _agent_error(self, server: str, what: str) -> LabError:
+        out = self.names.agent_out(server)
+        text = processes.tail(out) or "(empty)"
+        indented = "\n".join(f"  {line}" for line in text.splitlines())
+        return LabError(f"the agent on {server} {what}; last lines of {out}:\n{indented}")
+
+    # -- inspecting --------------------------------------------------------------------
+    def _state(self) -> files.LabState:
+        state = files.load_state(self.names.state_file)
+        if state is None:
+            raise LabError(
+                f"lab {self.name} is not up (no {self.names.state_file}); build it with "
+                f"`vigil lab up --name {self.name}`"
+            )
+        return state
+
+    def info(self) -> LabInfo:
+        """Servers, addresses, API URLs, tokens and files of the lab (``LabError`` if it
+        is not up)."""
+        state = self._state()
+        names = self.names
+        servers = tuple(
+            ServerInfo(
+                name=server,
+                address=record.address,
+                api_url=api_url(record.address),
+                netns=record.netns,
+                mount_ns=Path(record.mount_ns),
+                config_file=names.config_file(server),
+                agent_out=names.agent_out(server),
+                agent_pid=self.agent_pid(server),
+            )
+            for server, record in sorted(state.servers.items(), key=lambda i: server_number(i[0]))
+        )
+        return LabInfo(
+            name=names.name,
+            root=names.root,
+            subnet=state.subnet,
+            bridge=state.bridge,
+            host_address=state.host_address,
+            store_url=names.store_url,
+            client_file=names.client_file,
+            tokens_file=names.tokens_file,
+            servers=servers,
+            tokens=files.read_tokens(names.tokens_file),
+        )
+
+    def status(self, *, check_api: bool = False) -> LabStatus:
+        """What exists of the lab, by state file and by names; never raises for a lab
+        that is down. With ``check_api``, ask each running agent's health endpoint."""
+        from vigil.lab.status import lab_status
+
+        return lab_status(self, check_api=check_api)

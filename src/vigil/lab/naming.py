@@ -1,0 +1,164 @@
+"""The lab's naming conventions: every name and address a lab uses, derived from its name.
+
+One lab called ``NAME`` with subnet index ``I`` and servers ``node1..nodeN`` owns:
+
+- root directory ``/run/vigil-NAME`` (state, configs, logs, mount-namespace files);
+- network namespaces ``vigil-NAME-nodeK`` (files in ``/run/netns``);
+- bridge ``vigil-NAME`` on the host, with address ``10.213.I.254/24``;
+- host-side veths ``vl-NAME-K`` (their peers are ``eth0`` inside the servers);
+- server addresses ``10.213.I.K/24``.
+
+``down`` finds leftovers by these names alone, so the rules must stay unambiguous: a lab
+name is a short lower-case label, and every pattern ends in digits, so lab ``a`` never
+matches the objects of lab ``a-1``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vigil.errors import LabError
+
+#: the first two octets of every lab subnet; the third is the lab's subnet index
+SUBNET_PREFIX = "10.213"
+#: the host's address on the bridge (last octet)
+HOST_OCTET = 254
+#: Linux interface names have at most 15 characters; ``vl-NAME-KK`` must fit
+NAME_MAX = 9
+MAX_SERVERS = 99
+API_PORT = 7480
+NETNS_DIR = Path("/run/netns")
+RUN_DIR = Path("/run")
+
+_LAB_NAME = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
+_SERVER = re.compile(r"^node([1-9][0-9]*)$")
+
+
+def check_lab_name(name: str) -> str:
+    """Return ``name`` if it can name a lab, else raise ``LabError``."""
+    if not _LAB_NAME.match(name):
+        raise LabError(
+            f"lab name {name!r} is not valid: use 1 to {NAME_MAX} lower-case letters, digits "
+            "and '-', starting with a letter and not ending with '-' (it becomes part of "
+            "interface names, which Linux limits to 15 characters)"
+        )
+    return name
+
+
+def server_name(number: int) -> str:
+    """The name of server number ``number`` (1-based): ``node1``, ``node2``..."""
+    return f"node{number}"
+
+
+def is_server_name(server: str) -> bool:
+    """Whether ``server`` is a lab server name (``node1``..``node99``)."""
+    match = _SERVER.match(server)
+    return match is not None and int(match.group(1)) <= MAX_SERVERS
+
+
+def server_number(server: str) -> int:
+    """The number of a server named ``nodeK``; ``LabError`` for any other name."""
+    if not is_server_name(server):
+        raise LabError(f"{server!r} is not a lab server name: lab servers are node1..node99")
+    return int(server[len("node") :])
+
+
+@dataclass(frozen=True)
+class LabNames:
+    """Every name, path and address of one lab, computed from its name and subnet index."""
+
+    name: str
+    subnet_index: int
+
+    def __post_init__(self) -> None:
+        check_lab_name(self.name)
+        if not 0 <= self.subnet_index <= 255:
+            raise LabError(
+                f"subnet index {self.subnet_index} is out of range: choose 0 to 255 "
+                f"(the lab uses {SUBNET_PREFIX}.<index>.0/24)"
+            )
+
+    # -- files -------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return RUN_DIR / f"vigil-{self.name}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.root / "tokens.toml"
+
+    @property
+    def client_file(self) -> Path:
+        return self.root / "client.toml"
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.root / 'store.db'}"
+
+    @property
+    def mount_dir(self) -> Path:
+        """Directory bind-mounted onto itself (private) that holds the mount-ns files."""
+        return self.root / "mnt"
+
+    def mount_ns_file(self, server: str) -> Path:
+        return self.mount_dir / server
+
+    def server_dir(self, server: str) -> Path:
+        return self.root / server
+
+    def config_file(self, server: str) -> Path:
+        return self.server_dir(server) / "agent.toml"
+
+    def agent_out(self, server: str) -> Path:
+        return self.server_dir(server) / "agent.out"
+
+    # -- network -----------------------------------------------------------------------
+    @property
+    def bridge(self) -> str:
+        return f"vigil-{self.name}"
+
+    def netns(self, server: str) -> str:
+        return f"vigil-{self.name}-{server}"
+
+    def netns_path(self, server: str) -> Path:
+        return NETNS_DIR / self.netns(server)
+
+    def host_veth(self, server: str) -> str:
+        return f"vl-{self.name}-{server_number(server)}"
+
+    def is_netns(self, netns_name: str) -> bool:
+        """Whether ``netns_name`` follows this lab's netns naming (``vigil-NAME-nodeK``)."""
+        prefix = f"vigil-{self.name}-"
+        return netns_name.startswith(prefix) and is_server_name(netns_name[len(prefix) :])
+
+    def server_of_netns(self, netns_name: str) -> str:
+        return netns_name[len(f"vigil-{self.name}-") :]
+
+    def is_host_veth(self, ifname: str) -> bool:
+        return re.fullmatch(rf"vl-{re.escape(self.name)}-[0-9]+", ifname) is not None
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{SUBNET_PREFIX}.{self.subnet_index}.0/24")
+
+    @property
+    def host_address(self) -> str:
+        return f"{SUBNET_PREFIX}.{self.subnet_index}.{HOST_OCTET}"
+
+    def address(self, server: str) -> str:
+        return f"{SUBNET_PREFIX}.{self.subnet_index}.{server_number(server)}"
+
+    def api_url(self, server: str) -> str:
+        return api_url(self.address(server))
+
+
+def api_url(address: str) -> str:
+    """The agent API URL of a lab server with ``address``."""
+    return f"http://{address}:{API_PORT}"

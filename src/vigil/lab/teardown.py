@@ -1,0 +1,93 @@
+"""Tearing a lab down, from its state file if there is one and by its names if not.
+
+The order matters:
+
+1. stop the agents (SIGTERM, up to ``AGENT_GRACE`` s, then SIGKILL), then every other
+   process inside a lab namespace (SIGTERM, ``OTHER_GRACE`` s, SIGKILL), found by
+   scanning ``/proc`` for the lab's namespaces;
+2. delete the bridge, its ports and the host-side veths (their peers go with them);
+3. unmount everything under the root dir (mount-namespace files, then their private bind
+   mount): with no process left inside, each server's mount namespace ends here;
+4. remove the network namespaces;
+5. remove the root dir, but only when nothing is mounted under it any more.
+
+Every step runs even when an earlier one failed; each failure becomes one message.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+
+from vigil.lab import namespaces, network, processes
+from vigil.lab.files import LabState
+from vigil.lab.naming import NETNS_DIR, LabNames
+
+#: seconds agents get to take their resources out of service before SIGKILL
+AGENT_GRACE = 10.0
+#: seconds every other process in a lab namespace gets before SIGKILL
+OTHER_GRACE = 3.0
+#: rounds of "scan, kill, wait" (a dying process may still fork)
+KILL_ROUNDS = 3
+
+
+def lab_netns(names: LabNames, state: LabState | None) -> list[str]:
+    """The lab's network namespaces: those in the state file and those named like it."""
+    found = {n for n in network.list_netns() if names.is_netns(n)}
+    if state is not None:
+        found |= {s.netns for s in state.servers.values() if network.netns_exists(s.netns)}
+    return sorted(found)
+
+
+def namespace_keys(names: LabNames, netns_names: Iterable[str]) -> set[tuple[int, int]]:
+    """Identities of the lab's network namespaces and of its servers' mount namespaces."""
+    keys = set()
+    for name in netns_names:
+        key = namespaces.ns_key_of_kind(NETNS_DIR / name, "net")
+        if key is not None:
+            keys.add(key)
+    if names.mount_dir.is_dir():
+        for path in names.mount_dir.iterdir():
+            key = namespaces.ns_key_of_kind(path, "mnt")
+            if key is not None:
+                keys.add(key)
+    return keys
+
+
+def stop_processes(keys: set[tuple[int, int]], agent_pids: Iterable[int]) -> list[str]:
+    """Stop every process inside the lab, agents first; messages for survivors."""
+    inside = set(processes.pids_in_namespaces(keys))
+    processes.terminate([pid for pid in agent_pids if pid in inside], AGENT_GRACE)
+    grace = OTHER_GRACE
+    for _ in range(KILL_ROUNDS):
+        pids = processes.pids_in_namespaces(keys)
+        if not pids:
+            return []
+        processes.terminate(pids, grace)
+        grace = 0.5
+    left = processes.pids_in_namespaces(keys)
+    return [f"process {processes.describe(pid)}: still running after SIGKILL" for pid in left]
+
+
+def tear_down(names: LabNames, state: LabState | None) -> list[str]:
+    """Remove everything of the lab; returns one message per part that could not go."""
+    netns_names = lab_netns(names, state)
+    agent_pids = [] if state is None else [s.agent_pid for s in state.servers.values()]
+    problems = stop_processes(
+        namespace_keys(names, netns_names), [p for p in agent_pids if p is not None]
+    )
+    try:
+        problems += network.delete_links(names.bridge, names.is_host_veth)
+    except Exception as exc:  # netlink unreachable: keep going, report it
+        problems.append(f"interfaces of bridge {names.bridge}: {exc}")
+    mount_problems = namespaces.unmount_all_under(names.root)
+    problems += mount_problems
+    for name in netns_names:
+        problem = network.remove_netns(name)
+        if problem:
+            problems.append(problem)
+    if names.root.exists() and not mount_problems:
+        shutil.rmtree(names.root, ignore_errors=True)
+        if names.root.exists():
+            problems.append(f"directory {names.root}: could not be removed")
+    return problems
