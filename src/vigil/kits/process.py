@@ -134,45 +134,64 @@ async def run_command(
     full_env = {**os.environ, **env} if env is not None else None
     read_fd, write_fd = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        os.close(read_fd)
+        transport, reader = await _open_reader(read_fd)  # owns read_fd from here on
+    except BaseException:
         os.close(write_fd)
-        return _not_started(args, exc, label, log)
-    os.close(write_fd)
-    log.debug("%s: started %s (pid %d)", label, shlex.join(args), proc.pid)
-    lines: deque[str] = deque(maxlen=MAX_OUTPUT_LINES)
-    transport, reader = await _open_reader(read_fd)
+        raise
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return _not_started(args, cwd, exc, label, log)
+        finally:
+            os.close(write_fd)  # the child has its copy: EOF comes when its side closes
+        log.debug("%s: started %s (pid %d)", label, shlex.join(args), proc.pid)
+        lines: deque[str] = deque(maxlen=MAX_OUTPUT_LINES)
+        returncode = await _wait(proc, reader, lines, label, log, timeout)
+    finally:
+        transport.close()
+    result = CommandResult(returncode, "\n".join(lines))
+    log.debug("%s: %s", label, result.describe_exit())
+    return result
+
+
+async def _wait(
+    proc: asyncio.subprocess.Process,
+    reader: asyncio.StreamReader,
+    lines: deque[str],
+    label: str,
+    log: Logger,
+    seconds: float | None,
+) -> int:
+    """Wait for the command's exit while logging its output; on timeout or cancellation,
+    kill its process group first."""
     pump = asyncio.ensure_future(_pump(reader, lines, label, log))
     try:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 returncode = await proc.wait()
         except TimeoutError:
             await _kill_group_uninterruptible(proc, label, log)
             await _drain(pump)
-            log.warning("%s: timed out after %gs, process group killed", label, timeout)
-            raise KitTimeout(f"{label} timed out after {timeout:g}s") from None
+            log.warning("%s: timed out after %gs, process group killed", label, seconds)
+            raise KitTimeout(f"{label} timed out after {seconds:g}s") from None
         except BaseException:
             await _kill_group_uninterruptible(proc, label, log)
             await _drain(pump)
             log.warning("%s: cancelled, process group killed", label)
             raise
         await _drain(pump)
+        return returncode
     finally:
         pump.cancel()
-        transport.close()
-    result = CommandResult(returncode, "\n".join(lines))
-    log.debug("%s: %s", label, result.describe_exit())
-    return result
 
 
 def pid_alive(pid: int) -> bool:
@@ -212,9 +231,12 @@ def _label(args: list[str], shell: bool) -> str:
     return Path(words[0]).name if words else "command"
 
 
-def _not_started(args: list[str], exc: OSError, label: str, log: Logger) -> CommandResult:
+def _not_started(
+    args: list[str], cwd: str | os.PathLike[str] | None, exc: OSError, label: str, log: Logger
+) -> CommandResult:
     code = 127 if isinstance(exc, FileNotFoundError) else 126
-    message = f"cannot run {args[0]}: {exc.strerror or exc}"
+    where = f" in {cwd}" if cwd is not None and str(exc.filename) == os.fspath(cwd) else ""
+    message = f"cannot run {args[0]}{where}: {exc.strerror or exc}"
     log.info("%s: %s", label, message)
     return CommandResult(code, message)
 
@@ -224,7 +246,11 @@ async def _open_reader(fd: int) -> tuple[asyncio.ReadTransport, asyncio.StreamRe
     reader = asyncio.StreamReader(limit=_READ_SIZE * 4, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    try:
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    except BaseException:
+        pipe.close()
+        raise
     return transport, reader
 
 
@@ -236,6 +262,9 @@ async def _pump(reader: asyncio.StreamReader, lines: deque[str], label: str, log
         while chunk := await reader.read(_READ_SIZE):
             pending += chunk
             *complete, pending = pending.split(b"\n")
+            if len(pending) > _READ_SIZE:  # a very long line: log it in pieces
+                complete.append(pending)
+                pending = b""
             for raw in complete:
                 _emit(raw, lines, label, log)
     finally:
