@@ -199,7 +199,9 @@ class Actor:
                     continue
                 if seen and seen.state is InstanceState.OSU and seen.reason == reason:
                     continue
-                record = StateRecord(state=InstanceState.OSU, reason=reason, since=now, intent_revision=revision)
+                # "since" is when the state began: a new reason alone does not reset it
+                since = seen.since if seen and seen.state is InstanceState.OSU else now
+                record = StateRecord(state=InstanceState.OSU, reason=reason, since=since, intent_revision=revision)
                 ops.append(Put(key("state", self.server, tag), record.dump()))
         stale = [
             tag for (server, tag) in cluster.observed if server == self.server and tag not in cluster.resources

@@ -200,7 +200,7 @@ async def _forward_to(operations: Operations, server: str, request: Request) -> 
     url = cluster.servers[server].api_url + request.url.path
     headers = {"authorization": request.headers.get("authorization", ""), "content-type": "application/json"}
     try:
-        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT) as client:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
             answer = await client.request(request.method, url, content=await request.body(), headers=headers)
     except httpx.HTTPError as exc:
         raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc

@@ -86,6 +86,7 @@ class InstanceView(BaseModel):
     priority: int
     state: str
     reason: str
+    since: float = Field(0.0, description="when the state was reported (Unix time)")
 
 
 class ResourceView(BaseModel):

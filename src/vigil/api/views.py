@@ -27,15 +27,18 @@ def status_view(cluster: Cluster) -> StatusView:
 
 def resource_view(cluster: Cluster, tag: str) -> ResourceView:
     resource = cluster.resources[tag]
-    instances = [
-        InstanceView(
-            server=server,
-            priority=resource.instances[server],
-            state=str(cluster.state_of(server, tag).state),
-            reason=cluster.state_of(server, tag).reason,
+    instances = []
+    for server in resource.servers_by_priority:
+        observed = cluster.state_of(server, tag)
+        instances.append(
+            InstanceView(
+                server=server,
+                priority=resource.instances[server],
+                state=str(observed.state),
+                reason=observed.reason,
+                since=observed.since,
+            )
         )
-        for server in resource.servers_by_priority
-    ]
     return ResourceView(
         tag=tag,
         kit=resource.kit,

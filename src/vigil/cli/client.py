@@ -83,7 +83,9 @@ def request(conn: Connection, method: str, path: str, body: Any = None, timeout:
     last_error = ""
     for base in conn.urls:
         try:
-            answer = httpx.request(method, base + path, json=body, headers=headers, timeout=timeout)
+            answer = httpx.request(
+                method, base + path, json=body, headers=headers, timeout=timeout, trust_env=False
+            )
         except httpx.TransportError as exc:
             last_error = f"{base}: {exc or type(exc).__name__}"
             continue

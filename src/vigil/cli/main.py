@@ -274,10 +274,8 @@ def agent_run(config: Annotated[Path, typer.Option("--config", help="agent confi
 
 
 def _register_lab() -> None:
-    try:  # TEMP until the lab lands
-        from vigil.cli import lab_commands
-    except ImportError:
-        return
+    from vigil.cli import lab_commands
+
     app.add_typer(lab_commands.app, name="lab")
 
 

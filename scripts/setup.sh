@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepare this machine for vigil (Debian 12, as root): the Debian packages vigil and its
+# tests use, and the Python environment in .venv from the locked requirements.
+# Idempotent and quick when everything is already there. Usage: scripts/setup.sh [demo|test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+purpose="${1:-demo}"
+debs=(python3 python3-venv iproute2 iputils-ping util-linux procps psmisc curl)
+if [ "$purpose" = test ]; then
+    debs+=(etcd-server etcd-client)
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "vigil setup: run as root (network namespaces, mounts and packages need it)" >&2
+    exit 1
+fi
+
+missing=()
+for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "vigil setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Python environment: Debian's python3 (3.11 on Debian 12), dependencies pinned with
+# hashes in requirements.lock (regenerate with: uv pip compile pyproject.toml --extra dev
+# --python-version 3.11 --generate-hashes -o requirements.lock).
+stamp=.venv/.vigil-lock-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+    echo "vigil setup: creating .venv from requirements.lock"
+    rm -rf .venv
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    touch "$stamp"
+fi
