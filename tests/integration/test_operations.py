@@ -64,6 +64,7 @@ def test_comm_paths_created_listed_and_alive(lab: tuple[Lab, LabInfo], api: Api)
             "--remote", other, "--remote-address", info.server(other).address,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
+
     def alive() -> list[dict[str, str]] | None:
         paths = api.ok("GET", "/v1/commpaths")
         return paths if [p["state"] for p in paths] == ["ALIVE"] * 3 else None
@@ -94,7 +95,9 @@ def test_delete_and_recreate_a_comm_path(lab: tuple[Lab, LabInfo], api: Api) -> 
     assert path_id in [p["id"] for p in api.ok("GET", "/v1/commpaths")]
 
 
-def test_create_resource_brings_it_in_service_with_priority_1(lab: tuple[Lab, LabInfo], api: Api) -> None:
+def test_create_resource_brings_it_in_service_with_priority_1(
+    lab: tuple[Lab, LabInfo], api: Api
+) -> None:
     result = api.ok(
         "POST",
         "/v1/resources",
@@ -212,7 +215,9 @@ def test_delete_dependency_splits_the_hierarchy(api: Api) -> None:
     api.ok("POST", "/v1/dependencies", {"parent": "web", "child": "db"})
 
 
-def test_delete_hierarchy_takes_it_out_of_service_everywhere(lab: tuple[Lab, LabInfo], api: Api) -> None:
+def test_delete_hierarchy_takes_it_out_of_service_everywhere(
+    lab: tuple[Lab, LabInfo], api: Api
+) -> None:
     done = vigil(lab[1], "delete", "web", "--yes")
     assert done.returncode == 0, done.stderr
     assert api.status()["hierarchies"] == []

@@ -61,13 +61,18 @@ class Actor:
         for wave in step.waves:
             todo = [tag for tag in wave if tag not in self.running]
             results = await asyncio.gather(
-                *(self._restore_one(cluster.resources[tag], epoch.get(tag, 0), step) for tag in todo)
+                *(
+                    self._restore_one(cluster.resources[tag], epoch.get(tag, 0), step)
+                    for tag in todo
+                )
             )
             failures = [msg for msg in results if msg]
             if failures:
                 await self._abandon(cluster, step, failures)
                 return
-        await self.event("restored", f"{step.hierarchy} is in service on {self.server}", step.hierarchy)
+        await self.event(
+            "restored", f"{step.hierarchy} is in service on {self.server}", step.hierarchy
+        )
 
     async def _restore_one(self, resource: Resource, epoch: int, step: Step) -> str | None:
         tag = resource.tag
@@ -76,7 +81,9 @@ class Actor:
             await self.runner.restore(resource, epoch)
         except (KitError, VigilError) as exc:
             log.error("restore of %s on %s failed: %s", tag, self.server, exc)
-            await self.report(tag, InstanceState.OSF, f"restore failed: {exc}", step.intent_revision)
+            await self.report(
+                tag, InstanceState.OSF, f"restore failed: {exc}", step.intent_revision
+            )
             return f"{tag}: {exc}"
         self.running.add(tag)
         await self.report(tag, InstanceState.ISP, "in service", step.intent_revision)
@@ -91,18 +98,24 @@ class Actor:
         running = [t for t in step.tags if t in self.running]
         from vigil.engine.order import remove_waves
 
-        ok = await self._remove_waves(cluster, remove_waves(cluster, running), step, "restore failed")
+        ok = await self._remove_waves(
+            cluster, remove_waves(cluster, running), step, "restore failed"
+        )
         if ok:
             await self._release(step.tags)
 
     async def _remove(self, cluster: Cluster, step: Step) -> None:
         await self.event("remove-started", step.reason, step.hierarchy)
-        hierarchy = cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
+        hierarchy = (
+            cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
+        )
         reason = standby_reason(cluster, hierarchy, self.server) if hierarchy else "deleted"
         if not await self._remove_waves(cluster, step.waves, step, reason):
             return
         await self._release(step.release)
-        await self.event("removed", f"{step.hierarchy} is out of service on {self.server}", step.hierarchy)
+        await self.event(
+            "removed", f"{step.hierarchy} is out of service on {self.server}", step.hierarchy
+        )
 
     async def _remove_waves(
         self, cluster: Cluster, waves: Iterable[Iterable[str]], step: Step, reason: str
@@ -110,7 +123,9 @@ class Actor:
         """Remove parents-first; on a failed remove keep ownership (no one else may start it)."""
         for wave in waves:
             todo = [tag for tag in wave if tag in self.running]
-            results = await asyncio.gather(*(self._remove_one(cluster, tag, reason, step) for tag in todo))
+            results = await asyncio.gather(
+                *(self._remove_one(cluster, tag, reason, step) for tag in todo)
+            )
             if not all(results):
                 why = f"remove of {step.hierarchy} on {self.server} failed: it stays owned here"
                 await self.event("remove-failed", why, step.hierarchy)
@@ -168,8 +183,12 @@ class Actor:
         if ops:
             await self.store.txn((), ops)
 
-    async def report(self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0) -> None:
-        record = StateRecord(state=state, reason=reason, since=time.time(), intent_revision=intent_revision)
+    async def report(
+        self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0
+    ) -> None:
+        record = StateRecord(
+            state=state, reason=reason, since=time.time(), intent_revision=intent_revision
+        )
         try:
             await self.store.put(key("state", self.server, tag), record.dump())
         except StoreError as exc:
@@ -177,7 +196,9 @@ class Actor:
 
     async def event(self, kind: str, message: str, hierarchy: str | None = None) -> None:
         try:
-            await self.store.txn((), (event_operation(self.server, kind, message, hierarchy=hierarchy),))
+            await self.store.txn(
+                (), (event_operation(self.server, kind, message, hierarchy=hierarchy),)
+            )
         except StoreError as exc:
             log.warning("could not record event %s: %s", kind, exc)
 
@@ -201,10 +222,14 @@ class Actor:
                     continue
                 # "since" is when the state began: a new reason alone does not reset it
                 since = seen.since if seen and seen.state is InstanceState.OSU else now
-                record = StateRecord(state=InstanceState.OSU, reason=reason, since=since, intent_revision=revision)
+                record = StateRecord(
+                    state=InstanceState.OSU, reason=reason, since=since, intent_revision=revision
+                )
                 ops.append(Put(key("state", self.server, tag), record.dump()))
         stale = [
-            tag for (server, tag) in cluster.observed if server == self.server and tag not in cluster.resources
+            tag
+            for (server, tag) in cluster.observed
+            if server == self.server and tag not in cluster.resources
         ] + [
             tag
             for (server, tag) in cluster.observed

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
-import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -59,14 +59,22 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def run(self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
+    async def run(
+        self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
         """Run until ``stop()``; raises ``VigilError`` when the agent cannot start."""
         for error in self.kits.errors:
             log.error("%s", error)
-        self.store = await open_store(self.config.store, request_timeout=self.config.lease.request_timeout)
+        self.store = await open_store(
+            self.config.store, request_timeout=self.config.lease.request_timeout
+        )
         self.lease = LeaseKeeper(self.store, self.config.lease, self._lease_lost)
-        runner = KitRunner(self.kits, self.server, self.config.state_dir, tuple(self.config.addresses))
-        self.actor = Actor(self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0)
+        runner = KitRunner(
+            self.kits, self.server, self.config.state_dir, tuple(self.config.addresses)
+        )
+        self.actor = Actor(
+            self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
+        )
         self.paths = PathMonitor(self.store, self.server, self.config.api.port)
         await self._join()
         tasks = [
@@ -76,7 +84,12 @@ class Agent:
             asyncio.create_task(self.paths.run(lambda: self.cluster), name="paths"),
         ]
         api = asyncio.create_task(serve_api(self), name="api") if serve_api else None
-        log.info("agent of %s started (store %s, api %s)", self.server, self.config.store, self.config.api.url)
+        log.info(
+            "agent of %s started (store %s, api %s)",
+            self.server,
+            self.config.store,
+            self.config.api.url,
+        )
         try:
             await self._stopping.wait()
         finally:
@@ -132,8 +145,6 @@ class Agent:
             except StoreError as exc:
                 log.warning("cannot rejoin yet: %s", exc)
                 await asyncio.sleep(self.config.lease.renew_interval)
-        assert self.lease
-        asyncio.create_task(self.lease.run(), name="lease")
         self._wake.set()
 
     async def _remove_everything(self, why: str) -> None:
@@ -145,7 +156,9 @@ class Agent:
         step = Step(StepKind.REMOVE, ", ".join(running), frozenset(running), why)
         known = {tag: self.actor.known.get(tag) or cluster.resources.get(tag) for tag in running}
         resources = {tag: r for tag, r in known.items() if r is not None}
-        merged = Cluster(resources={**cluster.resources, **resources}, dependencies=cluster.dependencies)
+        merged = Cluster(
+            resources={**cluster.resources, **resources}, dependencies=cluster.dependencies
+        )
         await self.actor._remove_waves(merged, remove_waves(merged, running), step, why)
 
     # --- observe, decide, act ------------------------------------------------------------
@@ -207,7 +220,11 @@ class Agent:
         """Run the kits' ``delete`` for resources no longer extended to this server."""
         assert self.actor
         here = {tag: r for tag, r in cluster.resources.items() if self.server in r.instances}
-        gone = [r for tag, r in self._extended.items() if tag not in here and tag not in self.actor.running]
+        gone = [
+            r
+            for tag, r in self._extended.items()
+            if tag not in here and tag not in self.actor.running
+        ]
         self._extended = here
         for resource in gone:
             try:

@@ -79,7 +79,9 @@ class KitRunner:
         except VigilError:
             raise
         except Exception as exc:  # a kit bug must not stop the agent
-            log.exception("kit %s raised an unexpected error during %s of %s", kit.name, action, ctx.tag)
+            log.exception(
+                "kit %s raised an unexpected error during %s of %s", kit.name, action, ctx.tag
+            )
             raise KitError(
                 f"{action} of {ctx.tag} ({kit.name}) on {self.server} failed unexpectedly: "
                 f"{type(exc).__name__}: {exc}",
@@ -100,7 +102,9 @@ class KitRunner:
         kit, ctx = self.resource_context(resource)
         return await self.run(Action.QUICK_CHECK, kit, ctx, kit.quick_check)
 
-    async def validate_create(self, tag: str, kit_name: str, properties: dict[str, Any]) -> list[str]:
+    async def validate_create(
+        self, tag: str, kit_name: str, properties: dict[str, Any]
+    ) -> list[str]:
         kit = self.kit(kit_name)
         try:
             ctx = self.context(tag, kit, properties)
@@ -119,4 +123,3 @@ class KitRunner:
     async def delete(self, resource: Resource) -> None:
         kit, ctx = self.resource_context(resource)
         await self.run(Action.DELETE, kit, ctx, kit.delete)
-

@@ -56,15 +56,15 @@ class LeaseKeeper:
         return self.lease_id != 0 and self.clock() < self.trusted_until
 
     async def run(self) -> None:
-        """Renew until cancelled or lost. Returns after ``on_lost`` has run."""
-        while True:
+        """Renew until cancelled. When the lease is lost, ``on_lost`` runs (it fences and
+        may grant a new lease); renewal goes on with the new lease, or ends without one."""
+        while self.lease_id:
             await asyncio.sleep(self.settings.renew_interval)
             reason = await self._renew_once()
             if reason:
                 lease_id, self.lease_id = self.lease_id, 0
                 log.error("lease %x lost: %s", lease_id, reason)
                 await self.on_lost(reason)
-                return
 
     async def _renew_once(self) -> str | None:
         """Renew, retrying until the trust deadline; the reason when the lease is lost."""

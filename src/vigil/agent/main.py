@@ -30,7 +30,9 @@ log = logging.getLogger("vigil.agent")
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def setup_logging(log_file: Path | None, level: int = logging.INFO) -> logging.handlers.QueueListener:
+def setup_logging(
+    log_file: Path | None, level: int = logging.INFO
+) -> logging.handlers.QueueListener:
     """One readable line per record, written off the event loop."""
     formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     target: logging.Handler
@@ -79,16 +81,18 @@ async def _reap_orphans() -> None:
     while True:
         await asyncio.sleep(1.0)
         try:
-            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # noqa: ASYNC222
         except ChildProcessError:
             continue
         if first is None:
             continue
         await asyncio.sleep(0.5)
         with contextlib.suppress(ChildProcessError):
-            again = os.waitid(os.P_PID, first.si_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            again = os.waitid(  # noqa: ASYNC222 (WNOHANG: never blocks)
+                os.P_PID, first.si_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
+            )
             if again is not None:
-                os.waitpid(first.si_pid, os.WNOHANG)
+                os.waitpid(first.si_pid, os.WNOHANG)  # noqa: ASYNC222
 
 
 async def run(config: AgentConfig) -> None:
@@ -103,7 +107,9 @@ async def run(config: AgentConfig) -> None:
         operations = Operations(agent.store, agent.actor.runner, agent.server)
         app = create_app(operations, tokens)
         server = _ApiServer(
-            uvicorn.Config(app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off")
+            uvicorn.Config(
+                app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off"
+            )
         )
         serving = asyncio.create_task(server.serve())
         try:

@@ -53,12 +53,16 @@ class Operations:
     async def _commit(self, cluster: Cluster, change: Change, user: str) -> int:
         revision = await apply_change(self.store, cluster, change, user)
         log.info("%s (by %s)", change.summary, user)
-        await self.store.txn((), (event_operation(self.server, "configuration", f"{change.summary} (by {user})"),))
+        await self.store.txn(
+            (), (event_operation(self.server, "configuration", f"{change.summary} (by {user})"),)
+        )
         return revision
 
     # --- properties ------------------------------------------------------------------------
 
-    def split_properties(self, kit: Kit, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def split_properties(
+        self, kit: Kit, values: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cluster-wide, per-server) by the kit's declaration of its fields."""
         per_server = kit.Properties.per_server_fields()
         shared = {k: v for k, v in values.items() if k not in per_server}
@@ -103,7 +107,9 @@ class Operations:
         resource = change.resources[tag]
         problems = self.check_properties(cluster, resource, self.server)
         if not problems:
-            problems = await self.runner.validate_create(tag, kit_name, resource.properties_on(self.server))
+            problems = await self.runner.validate_create(
+                tag, kit_name, resource.properties_on(self.server)
+            )
         if problems:
             raise ValidationError(f"cannot create {tag} on {self.server}: {problems[0]}", problems)
         revision = await self._commit(cluster, change, user)
@@ -123,10 +129,14 @@ class Operations:
         change, priority = changes.extend(cluster, tag, self.server, priority)
         unknown = sorted(set(overrides) - set(change.resources))
         if unknown:
-            raise ValidationError(f"properties given for {', '.join(unknown)}, which are not in this hierarchy")
+            raise ValidationError(
+                f"properties given for {', '.join(unknown)}, which are not in this hierarchy"
+            )
         resources, problems = {}, []
         for member, resource in sorted(change.resources.items()):
-            updated, found = await self._prepare_extend(cluster, resource, overrides.get(member, {}))
+            updated, found = await self._prepare_extend(
+                cluster, resource, overrides.get(member, {})
+            )
             resources[member] = updated
             problems += found
         if problems:
@@ -157,7 +167,9 @@ class Operations:
         values.update(proposed)
         candidate = _with_server_properties(resource, self.server, values)
         problems = [f"{resource.tag}: {p}" for p in check.problems]
-        problems += [f"{resource.tag}: {p}" for p in self.check_properties(cluster, candidate, self.server)]
+        problems += [
+            f"{resource.tag}: {p}" for p in self.check_properties(cluster, candidate, self.server)
+        ]
         return candidate, problems
 
     async def unextend(self, tag: str, server: str, user: str) -> Outcome:
@@ -176,7 +188,9 @@ class Operations:
             for server in resource.instances:
                 problems = self.check_properties(cluster, resource, server)
                 if problems:
-                    raise ValidationError(f"invalid properties for {resource.tag}: {problems[0]}", problems)
+                    raise ValidationError(
+                        f"invalid properties for {resource.tag}: {problems[0]}", problems
+                    )
         revision = await self._commit(cluster, change, user)
         return Outcome(change.summary, revision=revision)
 
@@ -192,13 +206,18 @@ class Operations:
         cluster = await self.cluster()
         change = changes.take_out_of_service(cluster, tag, user)
         revision = await self._commit(cluster, change, user)
-        return await self.wait_released(cluster.hierarchy(tag).tags, revision, timeout, change.summary)
+        return await self.wait_released(
+            cluster.hierarchy(tag).tags, revision, timeout, change.summary
+        )
 
     async def delete(self, tag: str, user: str, timeout: float) -> Outcome:
         """Out of service (just the doomed part), then delete from every server."""
         cluster = await self.cluster()
         doomed = changes.deletion_set(cluster, tag)
-        if any(t in cluster.owners or cluster.intents.get(t) and cluster.intents[t].server for t in doomed):
+        if any(
+            t in cluster.owners or (cluster.intents.get(t) and cluster.intents[t].server)
+            for t in doomed
+        ):
             crossing = frozenset(
                 d for d in cluster.dependencies if (d.parent in doomed) != (d.child in doomed)
             )
@@ -229,15 +248,31 @@ class Operations:
                 return Outcome(summary, False, f"{tag} was deleted meanwhile")
             hierarchy = cluster.hierarchy(tag)
             states = {t: cluster.state_of(server, t) for t in hierarchy.tags}
-            failed = [s for s in states.values() if s.state is InstanceState.OSF and s.intent_revision >= revision]
+            failed = [
+                s
+                for s in states.values()
+                if s.state is InstanceState.OSF and s.intent_revision >= revision
+            ]
             if failed:
                 detail = "; ".join(f"{s.tag}: {s.reason}" for s in failed)
-                return Outcome(summary, False, f"{hierarchy.name} could not be brought in service on {server}: {detail}")
-            if all(s.state.in_service for s in states.values()) and _owned_by(cluster, hierarchy, server):
-                return Outcome(summary, True, f"{hierarchy.name} is in service on {server}", revision)
+                return Outcome(
+                    summary,
+                    False,
+                    f"{hierarchy.name} could not be brought in service on {server}: {detail}",
+                )
+            if all(s.state.in_service for s in states.values()) and _owned_by(
+                cluster, hierarchy, server
+            ):
+                return Outcome(
+                    summary, True, f"{hierarchy.name} is in service on {server}", revision
+                )
             if time.monotonic() > deadline:
-                pending = ", ".join(f"{t} {s.state} ({s.reason})" for t, s in sorted(states.items()))
-                return Outcome(summary, False, f"not in service on {server} after {timeout:g}s: {pending}")
+                pending = ", ".join(
+                    f"{t} {s.state} ({s.reason})" for t, s in sorted(states.items())
+                )
+                return Outcome(
+                    summary, False, f"not in service on {server} after {timeout:g}s: {pending}"
+                )
             await asyncio.sleep(0.1)
 
     async def wait_released(
@@ -261,4 +296,3 @@ def _owned_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:
 
 def _with_server_properties(resource: Resource, server: str, values: Mapping[str, Any]) -> Resource:
     return replace(resource, server_properties={**resource.server_properties, server: dict(values)})
-

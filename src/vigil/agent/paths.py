@@ -80,7 +80,10 @@ class PathMonitor:
         if previous is None or previous[0] != state:
             log.info("comm path %s is %s", path.id, state)
         try:
-            await self.store.put(key("paths", self.server, path.id), PathRecord(state=state, last_heartbeat=last).dump())
+            await self.store.put(
+                key("paths", self.server, path.id),
+                PathRecord(state=state, last_heartbeat=last).dump(),
+            )
             self.written[path.id] = (state, last)
         except StoreError as exc:
             log.warning("could not record the state of comm path %s: %s", path.id, exc)

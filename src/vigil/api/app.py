@@ -95,10 +95,14 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
             )
         )
 
-    @app.delete("/v1/commpaths/{path_id}", response_model=schemas.OperationResult, tags=["comm paths"])
+    @app.delete(
+        "/v1/commpaths/{path_id}", response_model=schemas.OperationResult, tags=["comm paths"]
+    )
     async def delete_path(path_id: str, who: Who, force: bool = False) -> schemas.OperationResult:
         who.require("administrator", "delete comm paths")
-        return _result(await operations.configure(changes.delete_comm_path, who.name, path_id, force=force))
+        return _result(
+            await operations.configure(changes.delete_comm_path, who.name, path_id, force=force)
+        )
 
     # --- resources --------------------------------------------------------------------------
 
@@ -114,11 +118,17 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
         forwarded = await _forward_to(operations, body.server, request)
         if forwarded is not None:
             return forwarded
-        outcome = await operations.create_resource(body.tag, body.kit, body.properties, who.name, body.timeout)
+        outcome = await operations.create_resource(
+            body.tag, body.kit, body.properties, who.name, body.timeout
+        )
         return _result(outcome)
 
-    @app.patch("/v1/resources/{tag}/properties", response_model=schemas.OperationResult, tags=["resources"])
-    async def edit_properties(tag: str, body: schemas.PropertiesUpdate, who: Who) -> schemas.OperationResult:
+    @app.patch(
+        "/v1/resources/{tag}/properties", response_model=schemas.OperationResult, tags=["resources"]
+    )
+    async def edit_properties(
+        tag: str, body: schemas.PropertiesUpdate, who: Who
+    ) -> schemas.OperationResult:
         who.require("administrator", "edit properties")
         return _result(
             await operations.configure(
@@ -127,18 +137,30 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
         )
 
     @app.post("/v1/dependencies", response_model=schemas.OperationResult, tags=["resources"])
-    async def create_dependency(body: schemas.DependencyCreate, who: Who) -> schemas.OperationResult:
+    async def create_dependency(
+        body: schemas.DependencyCreate, who: Who
+    ) -> schemas.OperationResult:
         who.require("administrator", "create dependencies")
-        return _result(await operations.configure(changes.create_dependency, who.name, body.parent, body.child))
+        return _result(
+            await operations.configure(changes.create_dependency, who.name, body.parent, body.child)
+        )
 
-    @app.delete("/v1/dependencies/{parent}/{child}", response_model=schemas.OperationResult, tags=["resources"])
+    @app.delete(
+        "/v1/dependencies/{parent}/{child}",
+        response_model=schemas.OperationResult,
+        tags=["resources"],
+    )
     async def delete_dependency(parent: str, child: str, who: Who) -> schemas.OperationResult:
         who.require("administrator", "delete dependencies")
-        return _result(await operations.configure(changes.delete_dependency, who.name, parent, child))
+        return _result(
+            await operations.configure(changes.delete_dependency, who.name, parent, child)
+        )
 
     # --- hierarchies ------------------------------------------------------------------------
 
-    @app.post("/v1/hierarchies/{tag}/extend", response_model=schemas.OperationResult, tags=["hierarchies"])
+    @app.post(
+        "/v1/hierarchies/{tag}/extend", response_model=schemas.OperationResult, tags=["hierarchies"]
+    )
     async def extend(tag: str, body: schemas.Extend, who: Who, request: Request) -> Any:
         who.require("administrator", "extend hierarchies")
         forwarded = await _forward_to(operations, body.server, request)
@@ -146,23 +168,41 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
             return forwarded
         return _result(await operations.extend(tag, body.priority, body.properties, who.name))
 
-    @app.post("/v1/hierarchies/{tag}/unextend", response_model=schemas.OperationResult, tags=["hierarchies"])
+    @app.post(
+        "/v1/hierarchies/{tag}/unextend",
+        response_model=schemas.OperationResult,
+        tags=["hierarchies"],
+    )
     async def unextend(tag: str, body: schemas.Unextend, who: Who) -> schemas.OperationResult:
         who.require("administrator", "unextend hierarchies")
         return _result(await operations.unextend(tag, body.server, who.name))
 
-    @app.delete("/v1/hierarchies/{tag}", response_model=schemas.OperationResult, tags=["hierarchies"])
-    async def delete_hierarchy(tag: str, who: Who, timeout: float = 120.0) -> schemas.OperationResult:
+    @app.delete(
+        "/v1/hierarchies/{tag}", response_model=schemas.OperationResult, tags=["hierarchies"]
+    )
+    async def delete_hierarchy(
+        tag: str, who: Who, timeout: float = 120.0
+    ) -> schemas.OperationResult:
         who.require("administrator", "delete hierarchies")
         return _result(await operations.delete(tag, who.name, timeout))
 
-    @app.post("/v1/hierarchies/{tag}/in-service", response_model=schemas.OperationResult, tags=["hierarchies"])
+    @app.post(
+        "/v1/hierarchies/{tag}/in-service",
+        response_model=schemas.OperationResult,
+        tags=["hierarchies"],
+    )
     async def in_service(tag: str, body: schemas.InService, who: Who) -> schemas.OperationResult:
         who.require("operator", "bring hierarchies in service")
         return _result(await operations.in_service(tag, body.server, who.name, body.timeout))
 
-    @app.post("/v1/hierarchies/{tag}/out-of-service", response_model=schemas.OperationResult, tags=["hierarchies"])
-    async def out_of_service(tag: str, body: schemas.OutOfService, who: Who) -> schemas.OperationResult:
+    @app.post(
+        "/v1/hierarchies/{tag}/out-of-service",
+        response_model=schemas.OperationResult,
+        tags=["hierarchies"],
+    )
+    async def out_of_service(
+        tag: str, body: schemas.OutOfService, who: Who
+    ) -> schemas.OperationResult:
         who.require("operator", "take hierarchies out of service")
         return _result(await operations.out_of_service(tag, who.name, body.timeout))
 
@@ -172,7 +212,8 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
         load balancers; no token needed)."""
         cluster = await operations.cluster()
         here = tag in cluster.resources and all(
-            cluster.state_of(operations.server, t).state.in_service for t in cluster.hierarchy(tag).tags
+            cluster.state_of(operations.server, t).state.in_service
+            for t in cluster.hierarchy(tag).tags
         )
         return JSONResponse({"in_service": here}, status_code=200 if here else 503)
 
@@ -198,10 +239,15 @@ async def _forward_to(operations: Operations, server: str, request: Request) -> 
     cluster = await operations.cluster()
     changes.require_alive(cluster, server)
     url = cluster.servers[server].api_url + request.url.path
-    headers = {"authorization": request.headers.get("authorization", ""), "content-type": "application/json"}
+    headers = {
+        "authorization": request.headers.get("authorization", ""),
+        "content-type": "application/json",
+    }
     try:
         async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
-            answer = await client.request(request.method, url, content=await request.body(), headers=headers)
+            answer = await client.request(
+                request.method, url, content=await request.body(), headers=headers
+            )
     except httpx.HTTPError as exc:
         raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc
     return JSONResponse(answer.json(), status_code=answer.status_code)
@@ -239,4 +285,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
             for e in exc.errors()
         ]
-        return JSONResponse(body("malformed request: " + "; ".join(problems), problems), status_code=422)
+        return JSONResponse(
+            body("malformed request: " + "; ".join(problems), problems), status_code=422
+        )

@@ -31,12 +31,16 @@ class Caller:
 
 class Authenticator:
     def __init__(self, tokens: TokensFile) -> None:
-        self._tokens = [(entry.token.encode(), Caller(entry.name, entry.role)) for entry in tokens.token]
+        self._tokens = [
+            (entry.token.encode(), Caller(entry.name, entry.role)) for entry in tokens.token
+        ]
 
     def caller(self, authorization: str | None) -> Caller:
         """The caller for an ``Authorization: Bearer TOKEN`` header, or ``AuthError``."""
         if not authorization:
-            raise AuthError("no token: send 'Authorization: Bearer <token>' (vigil --token or VIGIL_TOKEN)")
+            raise AuthError(
+                "no token: send 'Authorization: Bearer <token>' (vigil --token or VIGIL_TOKEN)"
+            )
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthError("malformed Authorization header: expected 'Bearer <token>'")

@@ -36,8 +36,12 @@ class ResourceCreate(Body):
 
 
 class PropertiesUpdate(Body):
-    properties: dict[str, Any] = Field(default_factory=dict, description="cluster-wide; null removes")
-    server_properties: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per server")
+    properties: dict[str, Any] = Field(
+        default_factory=dict, description="cluster-wide; null removes"
+    )
+    server_properties: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per server"
+    )
 
 
 class DependencyCreate(Body):
@@ -47,7 +51,9 @@ class DependencyCreate(Body):
 
 class Extend(Body):
     server: str = Field(description="the backup server to extend the hierarchy to")
-    priority: int | None = Field(None, description="1-999, unique in the hierarchy; default 10 or the next free")
+    priority: int | None = Field(
+        None, description="1-999, unique in the hierarchy; default 10 or the next free"
+    )
     properties: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per resource tag: its properties on the new server"
     )

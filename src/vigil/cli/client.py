@@ -77,7 +77,9 @@ def connection(url: str | None, token: str | None) -> Connection:
     return Connection(tuple(u.strip().rstrip("/") for u in url.split(",") if u.strip()), token)
 
 
-def request(conn: Connection, method: str, path: str, body: Any = None, timeout: float = 330.0) -> Any:
+def request(
+    conn: Connection, method: str, path: str, body: Any = None, timeout: float = 330.0
+) -> Any:
     """Send one request to the first agent that answers; return the decoded JSON body."""
     headers = {"authorization": f"Bearer {conn.token}"} if conn.token else {}
     last_error = ""

@@ -28,10 +28,14 @@ app.add_typer(resource_app, name="resource")
 app.add_typer(dependency_app, name="dependency")
 app.add_typer(agent_app, name="agent")
 
-Url = Annotated[str | None, typer.Option("--url", help="agent API URL(s), comma-separated", envvar="VIGIL_URL")]
+Url = Annotated[
+    str | None, typer.Option("--url", help="agent API URL(s), comma-separated", envvar="VIGIL_URL")
+]
 Token = Annotated[str | None, typer.Option("--token", help="API token", envvar="VIGIL_TOKEN")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
-Props = Annotated[list[str] | None, typer.Option("--property", "-p", help="NAME=VALUE (VALUE may be JSON)")]
+Props = Annotated[
+    list[str] | None, typer.Option("--property", "-p", help="NAME=VALUE (VALUE may be JSON)")
+]
 
 
 def _call(method: str, path: str, url: str | None, token: str | None, body: Any = None) -> Any:
@@ -124,9 +128,13 @@ def commpath_create(
 
 
 @commpath_app.command("delete")
-def commpath_delete(path_id: str, force: bool = False, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def commpath_delete(
+    path_id: str, force: bool = False, url: Url = None, token: Token = None, as_json: Json = False
+) -> None:
     """Delete a comm path (refused for the last path between servers sharing a hierarchy)."""
-    _done(_call("DELETE", f"/v1/commpaths/{path_id}?force={str(force).lower()}", url, token), as_json)
+    _done(
+        _call("DELETE", f"/v1/commpaths/{path_id}?force={str(force).lower()}", url, token), as_json
+    )
 
 
 @commpath_app.command("list")
@@ -150,7 +158,13 @@ def resource_create(
     as_json: Json = False,
 ) -> None:
     """Create a resource on a server (priority 1) and bring it in service there."""
-    body = {"tag": tag, "kit": kit, "server": server, "properties": _properties(prop), "timeout": timeout}
+    body = {
+        "tag": tag,
+        "kit": kit,
+        "server": server,
+        "properties": _properties(prop),
+        "timeout": timeout,
+    }
     _done(_call("POST", "/v1/resources", url, token, body), as_json)
 
 
@@ -165,7 +179,9 @@ def resource_show(tag: str, url: Url = None, token: Token = None, as_json: Json 
 def resource_properties(
     tag: str,
     prop: Props = None,
-    server: Annotated[str | None, typer.Option(help="set per-server values for this server")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="set per-server values for this server")
+    ] = None,
     url: Url = None,
     token: Token = None,
     as_json: Json = False,
@@ -182,13 +198,19 @@ def resource_properties(
 
 
 @dependency_app.command("create")
-def dependency_create(parent: str, child: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def dependency_create(
+    parent: str, child: str, url: Url = None, token: Token = None, as_json: Json = False
+) -> None:
     """Make PARENT depend on CHILD (on every server)."""
-    _done(_call("POST", "/v1/dependencies", url, token, {"parent": parent, "child": child}), as_json)
+    _done(
+        _call("POST", "/v1/dependencies", url, token, {"parent": parent, "child": child}), as_json
+    )
 
 
 @dependency_app.command("delete")
-def dependency_delete(parent: str, child: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def dependency_delete(
+    parent: str, child: str, url: Url = None, token: Token = None, as_json: Json = False
+) -> None:
     """Remove the dependency of PARENT on CHILD."""
     _done(_call("DELETE", f"/v1/dependencies/{parent}/{child}", url, token), as_json)
 
@@ -201,7 +223,9 @@ def extend(
     tag: str,
     to: Annotated[str, typer.Option("--to", help="the backup server")],
     priority: Annotated[int | None, typer.Option(help="1-999; default 10 or the next free")] = None,
-    prop: Annotated[list[str] | None, typer.Option("--property", "-p", help="TAG.NAME=VALUE on the new server")] = None,
+    prop: Annotated[
+        list[str] | None, typer.Option("--property", "-p", help="TAG.NAME=VALUE on the new server")
+    ] = None,
     url: Url = None,
     token: Token = None,
     as_json: Json = False,
@@ -246,27 +270,45 @@ def delete(
 @app.command("in-service")
 def in_service(
     tag: str,
-    on: Annotated[str, typer.Option("--on", help="server (a switchover if it is in service elsewhere)")],
+    on: Annotated[
+        str, typer.Option("--on", help="server (a switchover if it is in service elsewhere)")
+    ],
     timeout: float = 120.0,
     url: Url = None,
     token: Token = None,
     as_json: Json = False,
 ) -> None:
     """Bring the hierarchy of TAG in service on a server."""
-    _done(_call("POST", f"/v1/hierarchies/{tag}/in-service", url, token, {"server": on, "timeout": timeout}), as_json)
+    _done(
+        _call(
+            "POST",
+            f"/v1/hierarchies/{tag}/in-service",
+            url,
+            token,
+            {"server": on, "timeout": timeout},
+        ),
+        as_json,
+    )
 
 
 @app.command("out-of-service")
-def out_of_service(tag: str, timeout: float = 120.0, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def out_of_service(
+    tag: str, timeout: float = 120.0, url: Url = None, token: Token = None, as_json: Json = False
+) -> None:
     """Take the hierarchy of TAG out of service."""
-    _done(_call("POST", f"/v1/hierarchies/{tag}/out-of-service", url, token, {"timeout": timeout}), as_json)
+    _done(
+        _call("POST", f"/v1/hierarchies/{tag}/out-of-service", url, token, {"timeout": timeout}),
+        as_json,
+    )
 
 
 # --- the agent --------------------------------------------------------------------------------
 
 
 @agent_app.command("run")
-def agent_run(config: Annotated[Path, typer.Option("--config", help="agent configuration (TOML)")]) -> None:
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", help="agent configuration (TOML)")],
+) -> None:
     """Run the agent in the foreground until SIGTERM."""
     from vigil.agent.main import main as agent_main
 

@@ -64,7 +64,9 @@ def print_status(status: dict[str, Any]) -> None:
             by_server = {i["server"]: i for i in r["instances"]}
             for name in names:
                 i = by_server.get(name)
-                cells.append(f"{styled(i['state'])} ({i['priority']})\n[dim]{i['reason']}[/]" if i else "")
+                cells.append(
+                    f"{styled(i['state'])} ({i['priority']})\n[dim]{i['reason']}[/]" if i else ""
+                )
             depth = "  └ " if r["parents"] else "  "
             table.add_row(depth + r["tag"], r["kit"], *cells)
         table.add_row(f"  [dim]{h['reason']}[/]", "", *["" for _ in names])

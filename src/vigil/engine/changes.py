@@ -106,7 +106,9 @@ def update_properties(
     resource = require_resource(cluster, tag)
     for server in server_properties:
         if server not in resource.instances:
-            raise Conflict(f"{tag} is not extended to {server}: extend it before setting its properties there")
+            raise Conflict(
+                f"{tag} is not extended to {server}: extend it before setting its properties there"
+            )
     merged = _merge(resource.properties, properties)
     per_server = {s: dict(p) for s, p in resource.server_properties.items()}
     for server, values in server_properties.items():
@@ -138,8 +140,7 @@ def create_dependency(cluster: Cluster, parent: str, child: str) -> Change:
     cycle = graph.find_cycle([*cluster.edges, (parent, child)])
     if cycle:
         raise Conflict(
-            f"{parent} cannot depend on {child}: that would make a cycle "
-            f"({' -> '.join(cycle)})"
+            f"{parent} cannot depend on {child}: that would make a cycle ({' -> '.join(cycle)})"
         )
     if set(p.instances) != set(c.instances):
         raise Conflict(
@@ -186,7 +187,9 @@ def extend(cluster: Cluster, tag: str, target: str, priority: int | None) -> tup
     hierarchy = cluster.hierarchy(tag)
     current = hierarchy_priorities(cluster, hierarchy)
     if target in current:
-        raise Conflict(f"{hierarchy.name} is already extended to {target} (priority {current[target]})")
+        raise Conflict(
+            f"{hierarchy.name} is already extended to {target} (priority {current[target]})"
+        )
     used = set(current.values())
     if priority is None:
         priority = next_free_priority(used)
@@ -226,7 +229,9 @@ def unextend(cluster: Cluster, tag: str, server: str) -> Change:
             "first, or delete the hierarchy"
         )
     if len(current) == 1:
-        raise Conflict(f"{server} is the only server of {hierarchy.name}: delete the hierarchy instead")
+        raise Conflict(
+            f"{server} is the only server of {hierarchy.name}: delete the hierarchy instead"
+        )
     resources = {}
     for member in sorted(hierarchy.tags):
         resource = cluster.resources[member]
@@ -296,7 +301,9 @@ def bring_in_service(cluster: Cluster, tag: str, server: str, requested_by: str)
     require_alive(cluster, server)
     current = cluster.intended_server(hierarchy)
     verb = "switchover" if current and current != server else "in service"
-    reason = f"{verb} requested by {requested_by}" + (f" (from {current})" if verb == "switchover" else "")
+    reason = f"{verb} requested by {requested_by}" + (
+        f" (from {current})" if verb == "switchover" else ""
+    )
     return Change(
         intents=dict.fromkeys(hierarchy.tags, server),
         intent_reason=reason,
@@ -343,7 +350,9 @@ def create_comm_path(
             )
     if heartbeat_interval <= 0 or max_missed < 1:
         raise ValidationError("heartbeat interval must be > 0 and max missed heartbeats >= 1")
-    path = CommPath.between(local, local_address, remote, remote_address, heartbeat_interval, max_missed)
+    path = CommPath.between(
+        local, local_address, remote, remote_address, heartbeat_interval, max_missed
+    )
     if any(p.id == path.id for p in cluster.comm_paths):
         raise Conflict(f"a comm path {local_address} <-> {remote_address} already exists")
     return Change(comm_paths=(path,), summary=f"created comm path {path.id}")
@@ -353,7 +362,9 @@ def delete_comm_path(cluster: Cluster, path_id: str, *, force: bool = False) -> 
     path = next((p for p in cluster.comm_paths if p.id == path_id), None)
     if path is None:
         raise NotFound(f"no comm path {path_id!r}: see 'vigil commpath list'")
-    others = [p for p in cluster.comm_paths_between(path.server_a, path.server_b) if p.id != path_id]
+    others = [
+        p for p in cluster.comm_paths_between(path.server_a, path.server_b) if p.id != path_id
+    ]
     if not others and not force:
         shared = [
             h.name

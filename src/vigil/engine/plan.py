@@ -91,7 +91,9 @@ def _decide_hierarchy(
         if local.failed.get(name) == revision:
             return None
         if others:
-            why = f"{name} is wanted here but still owned by {', '.join(others)}: waiting for release"
+            why = (
+                f"{name} is wanted here but still owned by {', '.join(others)}: waiting for release"
+            )
             return Step(StepKind.WAIT, name, tags, why, intent_revision=revision)
         if running == tags and mine == tags:
             return None

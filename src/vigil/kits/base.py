@@ -134,11 +134,17 @@ class KitProperties(BaseModel):
 
     @classmethod
     def per_server_fields(cls) -> set[str]:
-        return {name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "per_server")}
+        return {
+            name
+            for name, f in cls.model_fields.items()
+            if _extra(f.json_schema_extra, "per_server")
+        }
 
     @classmethod
     def unique_fields(cls) -> set[str]:
-        return {name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "unique")}
+        return {
+            name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "unique")
+        }
 
 
 def _extra(extra: object, flag: str) -> bool:
@@ -171,10 +177,11 @@ class KitContext:
     server: str
     properties: KitProperties
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    #: a directory on this server for the kit's own files about this one resource
+    #: (``<state_dir>/kits/<tag>``; it may not exist yet)
+    state_dir: Path
     #: fencing token of the current ownership (0 when not owned, e.g. validate/extend)
     epoch: int = 0
-    #: a directory on this server for the kit's own files about this resource
-    state_dir: Path = Path("/var/lib/vigil/kits")
     #: addresses of this server (as registered), for kits that need them
     addresses: tuple[str, ...] = ()
 
@@ -270,5 +277,8 @@ class Kit(abc.ABC):
             "per_server": sorted(cls.Properties.per_server_fields()),
             "unique": sorted(cls.Properties.unique_fields()),
             "timeouts": dataclasses.asdict(cls.timeouts),
-            "check_intervals": {"quick": cls.check_intervals.quick, "deep": cls.check_intervals.deep},
+            "check_intervals": {
+                "quick": cls.check_intervals.quick,
+                "deep": cls.check_intervals.deep,
+            },
         }

@@ -29,7 +29,9 @@ def _vigil(info: LabInfo, *args: str, check: bool = True) -> subprocess.Complete
     env = {**os.environ, "VIGIL_CLIENT_CONFIG": str(info.client_file)}
     done = subprocess.run([sys.executable, "-m", "vigil", *args], env=env, text=True, check=False)
     if check and done.returncode != 0:
-        raise SystemExit(f"demo: 'vigil {shlex.join(args)}' failed with exit code {done.returncode}")
+        raise SystemExit(
+            f"demo: 'vigil {shlex.join(args)}' failed with exit code {done.returncode}"
+        )
     return done
 
 
@@ -58,7 +60,9 @@ def _service_commands() -> dict[str, str]:
 
 def run_demo(lab: Lab) -> None:
     started = time.monotonic()
-    print("Building a lab of 3 servers (network and mount namespaces, one agent each)...", flush=True)
+    print(
+        "Building a lab of 3 servers (network and mount namespaces, one agent each)...", flush=True
+    )
     info = lab.up(3)
     for server in info.servers:
         print(f"  {server.name}: {server.address}, agent API {server.api_url}")
@@ -85,7 +89,9 @@ def run_demo(lab: Lab) -> None:
         _vigil(info, "status")
         _client_view(info)
     _vigil(info, "events", "--limit", "12")
-    print(f"\nDemo finished in {time.monotonic() - started:.0f}s; tearing the lab down.", flush=True)
+    print(
+        f"\nDemo finished in {time.monotonic() - started:.0f}s; tearing the lab down.", flush=True
+    )
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def check_server_name(name: str) -> str:
 
 
 def check_priority(priority: int) -> int:
-    """Return ``priority`` if within 1–999, else raise."""
+    """Return ``priority`` if within 1-999, else raise."""
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ValidationError(
             f"priority {priority} is out of range: choose a value from {PRIORITY_MIN} "

@@ -28,12 +28,16 @@ async def open_store(url: str, *, request_timeout: float = 2.0) -> Store:
     """Open a store client for ``url``. Raises ``ConfigError`` for an unknown scheme."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigError(f"store URL {url!r} has no scheme: use sqlite:///PATH or etcd://HOST:PORT")
+        raise ConfigError(
+            f"store URL {url!r} has no scheme: use sqlite:///PATH or etcd://HOST:PORT"
+        )
     if scheme == "sqlite":
         from vigil.store.embedded import EmbeddedStore
 
         if not rest.startswith("/"):
-            raise ConfigError(f"store URL {url!r}: the SQLite path must be absolute (sqlite:///PATH)")
+            raise ConfigError(
+                f"store URL {url!r}: the SQLite path must be absolute (sqlite:///PATH)"
+            )
         # sqlite:///var/x and sqlite:////var/x both name /var/x
         return await EmbeddedStore.open("/" + rest.lstrip("/"), request_timeout=request_timeout)
     raise ConfigError(f"store URL {url!r}: unknown scheme {scheme!r} (supported: sqlite)")
