@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 purpose="${1:-demo}"
-debs=(python3 python3-venv iproute2 iputils-ping util-linux procps psmisc curl)
+debs=(python3 python3-venv iproute2 iputils-ping iputils-arping util-linux e2fsprogs procps psmisc curl)
 if [ "$purpose" = test ]; then
-    debs+=(etcd-server etcd-client)
+    # real services the tests run: etcd (store), BIND (dns kit)
+    debs+=(etcd-server etcd-client bind9 bind9-utils bind9-dnsutils)
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
