@@ -44,6 +44,11 @@ AGENT_START_TIMEOUT = 30.0
 HEALTH_PATH = "/v1/health"
 
 
+def agent_argv(config_file: Path) -> list[str]:
+    """The command line of an agent (run inside its server)."""
+    return [sys.executable, "-m", "vigil", "agent", "run", "--config", str(config_file)]
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise LabError(
@@ -238,9 +243,8 @@ class Lab:
         pid = self.agent_pid(server)
         if pid is None:
             names = self.names
-            argv = [sys.executable, "-m", "vigil", "agent", "run"]
-            argv += ["--config", str(names.config_file(server))]
-            child = processes.spawn_detached([*self._enter(server), *argv], names.agent_out(server))
+            argv = [*self._enter(server), *agent_argv(names.config_file(server))]
+            child = processes.spawn_detached(argv, names.agent_out(server))
             self._children[child.pid] = child
             pid = child.pid
             self._set_agent_pid(server, pid)
@@ -315,9 +319,14 @@ class Lab:
 
     def _agent_error(self, server: str, what: str) -> LabError:
         out = self.names.agent_out(server)
-        text = processes.tail(out) or "(empty)"
-        indented = "\n".join(f"  {line}" for line in text.splitlines())
-        return LabError(f"the agent on {server} {what}; last lines of {out}:\n{indented}")
+        message = [f"the agent on {server} {what}; last lines of {out}:"]
+        message += [f"  {line}" for line in (processes.tail(out) or "(empty)").splitlines()]
+        log = self.names.server_dir(server) / "agent.log"
+        log_tail = processes.tail(log, lines=10)
+        if log_tail:
+            message.append(f"last lines of {log}:")
+            message += [f"  {line}" for line in log_tail.splitlines()]
+        return LabError("\n".join(message))
 
     # -- inspecting --------------------------------------------------------------------
     def _state(self) -> files.LabState:

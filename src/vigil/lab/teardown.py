@@ -8,8 +8,9 @@ The order matters:
 2. delete the bridge, its ports and the host-side veths (their peers go with them);
 3. unmount everything under the root dir (mount-namespace files, then their private bind
    mount): with no process left inside, each server's mount namespace ends here;
-4. remove the network namespaces;
-5. remove the root dir, but only when nothing is mounted under it any more.
+4. detach loop devices whose backing file is under the root dir (shared-disk images);
+5. remove the network namespaces;
+6. remove the root dir, but only when nothing is mounted under it any more.
 
 Every step runs even when an earlier one failed; each failure becomes one message.
 """
@@ -17,7 +18,9 @@ Every step runs even when an earlier one failed; each failure becomes one messag
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 from vigil.lab import namespaces, network, processes
 from vigil.lab.files import LabState
@@ -69,6 +72,23 @@ def stop_processes(keys: set[tuple[int, int]], agent_pids: Iterable[int]) -> lis
     return [f"process {processes.describe(pid)}: still running after SIGKILL" for pid in left]
 
 
+def detach_loop_devices(root: Path) -> list[str]:
+    """Detach every loop device backed by a file under ``root``; messages for failures."""
+    problems = []
+    prefix = str(root).rstrip("/") + "/"
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            path = backing.read_text().strip()
+        except OSError:
+            continue  # detached meanwhile
+        if path.startswith(prefix):
+            device = f"/dev/{backing.parent.parent.name}"
+            done = subprocess.run(["losetup", "-d", device], capture_output=True, text=True)
+            if done.returncode != 0 and backing.exists():
+                problems.append(f"loop device {device} ({path}): {done.stderr.strip()}")
+    return problems
+
+
 def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     """Remove everything of the lab; returns one message per part that could not go."""
     netns_names = lab_netns(names, state)
@@ -82,6 +102,7 @@ def tear_down(names: LabNames, state: LabState | None) -> list[str]:
         problems.append(f"interfaces of bridge {names.bridge}: {exc}")
     mount_problems = namespaces.unmount_all_under(names.root)
     problems += mount_problems
+    problems += detach_loop_devices(names.root)
     for name in netns_names:
         problem = network.remove_netns(name)
         if problem:
