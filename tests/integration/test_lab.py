@@ -137,6 +137,14 @@ def test_each_server_has_its_own_address(lab: Lab) -> None:
         assert "inet" not in ipv6
         assert _ok(lab, server.name, ["cat", "/sys/class/net/lo/operstate"]).strip() == "unknown"
         assert sorted(_ok(lab, server.name, ["ls", "/sys/class/net"]).split()) == ["eth0", "lo"]
+        cgroups = _run(["findmnt", "-rn", "-o", "TARGET,FSTYPE", "-R", "/sys/fs/cgroup"]).stdout
+        inside = lab.exec(
+            server.name,
+            ["findmnt", "-rn", "-o", "TARGET,FSTYPE", "-R", "/sys/fs/cgroup"],
+            capture_output=True,
+            text=True,
+        )
+        assert inside.stdout == cgroups  # the host's cgroup mounts are carried over
 
 
 def test_no_route_leaves_the_lab(lab: Lab) -> None:
@@ -284,7 +292,9 @@ def test_down_after_a_crash_without_state_file(scratch_lab: Lab, when: str) -> N
             if path.exists():
                 keys.add((os.stat(path).st_dev, os.stat(path).st_ino))
     if when == "built":
-        assert len(_pids_in(keys)) >= 3  # the sleeps survived their parent
+        survivors = _pids_in(keys)
+        assert len(survivors) >= 3  # the sleeps survived their parent
+        os.kill(survivors[0], signal.SIGKILL)  # and one of them dies too (a zombie of PID 1)
     lab.names.state_file.unlink()
     assert lab.status().exists
     lab.down()

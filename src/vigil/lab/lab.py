@@ -59,9 +59,9 @@ def _require_root() -> None:
 class Lab:
     """One lab, named ``name``, on subnet ``10.213.<subnet_index>.0/24``.
 
-    The object holds no resources of its own: every method reads the lab's state file and
-    the system, so another process (the CLI, a test) may ``down`` or inspect a lab this
-    one built.
+    Every method reads the lab's state file and the system, so another process (the CLI,
+    a test) may ``down`` or inspect a lab this one built; the object itself only keeps the
+    ``Popen`` handles of the processes it started, to reap them.
     """
 
     def __init__(self, name: str = "lab", subnet_index: int = 0) -> None:
@@ -155,7 +155,11 @@ class Lab:
     def _build_server(self, server: str) -> None:
         names = self.names
         network.create_netns(names.netns(server))
-        namespaces.create_mount_ns(names.netns_path(server), names.mount_ns_file(server))
+        namespaces.create_mount_ns(
+            names.netns_path(server),
+            names.mount_ns_file(server),
+            work_dir=names.server_dir(server) / ".sysfs",
+        )
         network.connect_server(
             bridge=names.bridge,
             host_veth=names.host_veth(server),

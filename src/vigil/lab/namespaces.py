@@ -9,7 +9,8 @@ the server's network namespace and prepared once:
 - the copies of ``/run/netns/*`` it inherited from the host are unmounted (they would
   otherwise keep other labs' network namespaces alive);
 - ``/sys`` is replaced by a sysfs of the server's own network namespace (as
-  ``ip netns exec`` does), so ``/sys/class/net`` shows the server's interfaces;
+  ``ip netns exec`` does), so ``/sys/class/net`` shows the server's interfaces; the
+  host's cgroup mounts are carried over to the new ``/sys/fs/cgroup``;
 - IPv6 is off by default for new interfaces in the server (``eth0`` is created after),
   so no router solicitation or MLD report is ever sent.
 
@@ -35,10 +36,17 @@ MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703
 _NS_TYPES = {"net": 0x40000000, "mnt": 0x00020000}  # CLONE_NEWNET, CLONE_NEWNS
 
+# $1: an empty directory (removed afterwards) where the new /sys is prepared
 _SETUP_SCRIPT = """
-echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 2>/dev/null
-for f in /run/netns/*; do umount -l "$f" 2>/dev/null; done
-umount -l /sys && mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+set -e
+echo 1 2>/dev/null > /proc/sys/net/ipv6/conf/default/disable_ipv6 || true
+for f in /run/netns/*; do umount -l "$f" 2>/dev/null || true; done
+mkdir -p "$1"
+mount -t sysfs -o nosuid,nodev,noexec sysfs "$1"
+if mountpoint -q /sys/fs/cgroup; then mount --rbind /sys/fs/cgroup "$1/fs/cgroup"; fi
+umount -l /sys
+mount --move "$1" /sys
+rmdir "$1"
 """
 
 _libc: ctypes.CDLL | None = None
@@ -74,8 +82,11 @@ def nsenter_argv(netns_path: Path, mount_ns_file: Path, argv: list[str]) -> list
     return ["nsenter", f"--net={netns_path}", f"--mount={mount_ns_file}", "--", *argv]
 
 
-def create_mount_ns(netns_path: Path, mount_ns_file: Path) -> None:
-    """Create a server's persistent mount namespace bound to ``mount_ns_file``."""
+def create_mount_ns(netns_path: Path, mount_ns_file: Path, work_dir: Path) -> None:
+    """Create a server's persistent mount namespace bound to ``mount_ns_file``.
+
+    ``work_dir`` must not exist; it is used (and removed) while ``/sys`` is replaced.
+    """
     mount_ns_file.touch(exist_ok=True)
     argv = [
         "nsenter",
@@ -89,6 +100,8 @@ def create_mount_ns(netns_path: Path, mount_ns_file: Path) -> None:
         "sh",
         "-c",
         _SETUP_SCRIPT,
+        "setup",
+        str(work_dir),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
     if done.returncode != 0:
