@@ -31,10 +31,20 @@ def lab() -> Iterator[LabInfo]:
         api.ok(
             "POST",
             "/v1/commpaths",
-            {"local": "node1", "local_address": one.address, "remote": "node2", "remote_address": two.address},
+            {
+                "local": "node1",
+                "local_address": one.address,
+                "remote": "node2",
+                "remote_address": two.address,
+            },
         )
         for tag, port in (("web", 8080), ("db", 8081)):
-            body = {"tag": tag, "kit": "app", "server": "node1", "properties": service_commands(port)}
+            body = {
+                "tag": tag,
+                "kit": "app",
+                "server": "node1",
+                "properties": service_commands(port),
+            }
             api.ok("POST", "/v1/resources", body)
             api.ok("POST", f"/v1/hierarchies/{tag}/extend", {"server": "node2"})
         api.ok("POST", "/v1/dependencies", {"parent": "web", "child": "db"})
@@ -70,7 +80,9 @@ CASES: list[tuple[str, str, str, str, Any, int, list[str]]] = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_refused_and_nothing_changed(lab: LabInfo, case: tuple[str, str, str, str, Any, int, list[str]]) -> None:
+def test_refused_and_nothing_changed(
+    lab: LabInfo, case: tuple[str, str, str, str, Any, int, list[str]]
+) -> None:
     _, role, method, path, body, expected, words = case
     admin, caller = Api(lab), Api(lab, role=role)
     try:
@@ -90,7 +102,11 @@ def test_request_without_a_token_is_refused(lab: LabInfo) -> None:
     answer = httpx.post(f"{lab.url}/v1/resources", json=_create("x"), trust_env=False)
     assert answer.status_code == 401
     assert "no token" in answer.json()["error"]
-    wrong = httpx.get(f"{lab.url}/v1/status", headers={"authorization": "Bearer nope-nope-nope-nope"}, trust_env=False)
+    wrong = httpx.get(
+        f"{lab.url}/v1/status",
+        headers={"authorization": "Bearer nope-nope-nope-nope"},
+        trust_env=False,
+    )
     assert wrong.status_code == 401
 
 
@@ -98,7 +114,9 @@ def test_malformed_json_body_is_refused(lab: LabInfo) -> None:
     admin = Api(lab)
     try:
         before = admin.configuration()
-        answer = admin.client.post("/v1/resources", content=b"{not json", headers={"content-type": "application/json"})
+        answer = admin.client.post(
+            "/v1/resources", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert answer.status_code == 422
         assert "malformed request" in answer.json()["error"]
         assert admin.configuration() == before

@@ -110,16 +110,17 @@ def test_create_resource_brings_it_in_service_with_priority_1(
 
 
 def test_create_on_another_server_is_forwarded_to_it(lab: tuple[Lab, LabInfo], api: Api) -> None:
-    # asked of node1's agent, validated and created by node2's agent
-    result = api.ok(
-        "POST",
-        "/v1/resources",
-        {"tag": "db", "kit": "app", "server": "node2", "properties": service_commands(DB)},
-    )
-    assert "in service on node2" in result["detail"]
-    assert answering(lab[1], DB) == {"node2": "node2"}
-    api.ok("POST", "/v1/hierarchies/db/extend", {"server": "node1", "priority": 5})
-    api.ok("POST", "/v1/hierarchies/db/in-service", {"server": "node1"})
+    # asked of node2's agent, validated and created by node1's agent
+    other = Api(lab[1], server="node2")
+    try:
+        result = other.ok(
+            "POST",
+            "/v1/resources",
+            {"tag": "db", "kit": "app", "server": "node1", "properties": service_commands(DB)},
+        )
+    finally:
+        other.close()
+    assert "in service on node1" in result["detail"]
     assert answering(lab[1], DB) == {"node1": "node1"}
 
 
@@ -133,6 +134,7 @@ def test_extend_whole_hierarchy_with_priorities(lab: tuple[Lab, LabInfo], api: A
     wait_for(lambda: states(api, "web") == {"node1": "ISP", "node2": "OSU", "node3": "OSU"})
     assert web["node2"]["reason"] in ("in service on node1", "not reported yet")
     wait_for(lambda: api.instances("web")["node3"]["reason"] == "in service on node1")
+    api.ok("POST", "/v1/hierarchies/db/extend", {"server": "node2"})
     api.ok("POST", "/v1/hierarchies/db/extend", {"server": "node3", "priority": 20})
 
 

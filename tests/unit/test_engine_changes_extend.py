@@ -119,12 +119,6 @@ def test_extend_twice_then_create_dependency_keeps_priorities_unique() -> None:
     assert cluster.resources["app"].instances == {"n1": 1, "n2": 10, "n3": 11}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: create_dependency accepts a child whose priorities differ from the parent's; "
-    "extend then checks only the root's priorities, so a member ends up with one priority "
-    "on two servers (priorities must be unique per hierarchy)",
-)
 def test_priorities_stay_unique_in_every_member_after_depend_and_extend() -> None:
     cluster = make_cluster(
         servers=THREE,

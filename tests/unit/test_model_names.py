@@ -83,11 +83,6 @@ def test_invalid_server_names_are_refused(name: str) -> None:
         check_server_name(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: names._SERVER ends with '$', which re.match lets match before a trailing "
-    "newline, so check_server_name('node1\\n') is accepted (use re.fullmatch or \\Z)",
-)
 def test_server_name_with_trailing_newline_is_refused() -> None:
     with pytest.raises(ValidationError):
         check_server_name("node1\n")

@@ -12,8 +12,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from vigil.agent import intents
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.storeio import event_operation
+from vigil.engine import failover
+from vigil.engine.order import remove_waves
 from vigil.engine.plan import LocalView, Step, StepKind, standby_reason
 from vigil.errors import KitError, StoreError, VigilError
 from vigil.model.cluster import Cluster, Resource
@@ -39,6 +42,10 @@ class Actor:
         #: last known definition of every resource this server has in service, so it can
         #: still be removed after it vanished from the store
         self.known: dict[str, Resource] = {}
+        #: times of local recoveries per resource (the temporal limit counts them)
+        self.recoveries: dict[str, list[float]] = {}
+        #: resources that failed here and are being failed over: reported OSF when removed
+        self.failed_tags: dict[str, str] = {}
 
     def local_view(self) -> LocalView:
         return LocalView(frozenset(self.running), dict(self.failed))
@@ -47,13 +54,27 @@ class Actor:
 
     async def carry_out(self, cluster: Cluster, step: Step) -> None:
         log.info("%s", step.reason)
+        hierarchy = cluster.hierarchy(next(iter(step.tags))) if step.tags <= set(cluster.resources) else None
         if step.kind is StepKind.RESTORE:
             await self._restore(cluster, step)
         elif step.kind is StepKind.REMOVE:
             await self._remove(cluster, step)
+        elif step.kind is StepKind.TAKEOVER and hierarchy:
+            await intents.move(
+                self.store, cluster, hierarchy, self.server, me=self.server, reason=step.reason,
+                kind="failover-started", origin=step.origin, tried=step.tried,
+            )  # fmt: skip
+        elif step.kind is StepKind.SWITCHBACK and hierarchy:
+            await intents.move(
+                self.store, cluster, hierarchy, self.server, me=self.server, reason=step.reason, kind="switchback"
+            )
+        elif step.kind is StepKind.CONFIRM and hierarchy:
+            await intents.ask_confirmation(
+                self.store, hierarchy, me=self.server, origin=step.origin or "", reason=step.reason
+            )
 
     async def _restore(self, cluster: Cluster, step: Step) -> None:
-        if not await self._claim(cluster, step):
+        if not await self.claim(cluster, step):
             log.info("%s: ownership changed meanwhile; deciding again", step.hierarchy)
             return
         epoch = await self._epochs(step.tags)
@@ -96,9 +117,7 @@ class Actor:
         await self.event("restore-failed", why, step.hierarchy)
         self.failed[step.hierarchy] = step.intent_revision
         running = [t for t in step.tags if t in self.running]
-        from vigil.engine.order import remove_waves
-
-        ok = await self._remove_waves(
+        ok = await self.remove_waves(
             cluster, remove_waves(cluster, running), step, "restore failed"
         )
         if ok:
@@ -110,14 +129,14 @@ class Actor:
             cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
         )
         reason = standby_reason(cluster, hierarchy, self.server) if hierarchy else "deleted"
-        if not await self._remove_waves(cluster, step.waves, step, reason):
+        if not await self.remove_waves(cluster, step.waves, step, reason):
             return
         await self._release(step.release)
         await self.event(
             "removed", f"{step.hierarchy} is out of service on {self.server}", step.hierarchy
         )
 
-    async def _remove_waves(
+    async def remove_waves(
         self, cluster: Cluster, waves: Iterable[Iterable[str]], step: Step, reason: str
     ) -> bool:
         """Remove parents-first; on a failed remove keep ownership (no one else may start it)."""
@@ -144,13 +163,21 @@ class Actor:
             await self.report(tag, InstanceState.OSF, f"remove failed: {exc}", step.intent_revision)
             return False
         self.running.discard(tag)
-        if tag in cluster.resources:
+        if self.runner.cgroups:
+            # remove must leave nothing running
+            leftovers = await asyncio.to_thread(self.runner.cgroups.kill, tag)
+            if leftovers:
+                log.warning("remove of %s left processes %s running: killed them", tag, leftovers)
+        failure = self.failed_tags.pop(tag, None)
+        if failure:
+            await self.report(tag, InstanceState.OSF, failure, step.intent_revision)
+        elif tag in cluster.resources:
             await self.report(tag, InstanceState.OSU, reason, step.intent_revision)
         return True
 
     # --- store writes: ownership, states, events -----------------------------------------
 
-    async def _claim(self, cluster: Cluster, step: Step) -> bool:
+    async def claim(self, cluster: Cluster, step: Step) -> bool:
         """Take ownership of ``step.claim`` in one transaction, only if nobody owns them and
         the intent is still the one decided on."""
         lease = self.lease_id()

@@ -14,13 +14,18 @@ Example::
     # advertise_url = "http://10.0.0.1:7480"  # how other agents and the CLI reach this one
 
     [lease]
-    ttl = 5.0                 # seconds without renewal after which this server is dead
-    renew_interval = 1.0      # how often the lease is renewed
-    request_timeout = 1.0     # one store request may take this long
+    ttl = 1.5                 # seconds without renewal after which this server is dead
+    renew_interval = 0.25     # how often the lease is renewed
+    request_timeout = 0.25    # one renewal may take this long
+    safety_margin = 0.5       # stop this long before the lease can expire elsewhere
 
 The timing rule (checked here, refused when unsafe): a holder that cannot renew must have
 time to take its hierarchies out of service before anyone else may take them over, so
-``renew_interval + 2 * request_timeout + SAFETY_MARGIN <= ttl``.
+``renew_interval + 2 * request_timeout + safety_margin <= ttl``. The holder counts from
+when it sent its last successful renewal; at ``ttl - safety_margin`` after it, the agent and
+its fence guard stop everything (the margin covers the guard's polling and its kills).
+With these defaults a dead server is detected about 1.5 s after its last renewal (etcd
+grants whole seconds: 2 s there).
 """
 
 from __future__ import annotations
@@ -35,9 +40,6 @@ from pydantic import ValidationError as PydanticError
 from vigil.errors import ConfigError
 from vigil.model.names import check_server_name
 
-#: seconds an agent keeps free between giving up on its lease and the lease's expiry,
-#: for taking its resources out of service (see ``LeaseSettings``)
-SAFETY_MARGIN = 1.0
 
 Role = Literal["administrator", "operator", "guest"]
 
@@ -55,17 +57,18 @@ class ApiSettings(BaseModel):
 
 class LeaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl: float = Field(5.0, gt=0)
-    renew_interval: float = Field(1.0, gt=0)
-    request_timeout: float = Field(1.0, gt=0)
+    ttl: float = Field(1.5, gt=0)
+    renew_interval: float = Field(0.25, gt=0)
+    request_timeout: float = Field(0.25, gt=0)
+    safety_margin: float = Field(0.5, ge=0.1)
 
     @model_validator(mode="after")
     def _timing_rule(self) -> LeaseSettings:
-        needed = self.renew_interval + 2 * self.request_timeout + SAFETY_MARGIN
-        if needed > self.ttl:
+        needed = self.renew_interval + 2 * self.request_timeout + self.safety_margin
+        if needed > self.ttl + 1e-9:
             raise ValueError(
                 f"unsafe lease timing: renew_interval ({self.renew_interval}s) + 2 x "
-                f"request_timeout ({self.request_timeout}s) + safety margin ({SAFETY_MARGIN}s) "
+                f"request_timeout ({self.request_timeout}s) + safety_margin ({self.safety_margin}s) "
                 f"= {needed}s exceeds ttl ({self.ttl}s); a server cut off from the store could "
                 f"not stop its resources before another takes them over. Raise ttl to at "
                 f"least {needed}s or lower the other two."

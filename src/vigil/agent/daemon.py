@@ -1,42 +1,53 @@
-"""The agent: one per server. Holds its lease, watches the store, runs observe → decide →
-act, and serves the REST API.
+"""The agent: one per server. Holds its lease, runs observe → decide → act (``cycle``),
+monitors, keeps its fence guard informed, and serves the REST API.
 
-Lifecycle: ``Agent.run()`` opens the store, grants the lease, registers the server, then
-runs until ``stop()`` (SIGTERM): an orderly stop takes this server's hierarchies out of
-service (the seed's default shutdown strategy, "do not switch over"), revokes the lease and
-returns. Only ``vigil.__main__`` exits the process.
+Lifecycle: ``Agent.run()`` opens the store, grants the lease, registers the server, probes
+what is already running, then runs until ``stop()``. How it stops:
+
+* ``hold`` (the seed's default, "do not switch over"): its hierarchies are taken out of
+  service and stay so (no other server takes them over) until it is back;
+* ``switchover`` (the server's shutdown strategy): they move to their next server first;
+* ``maintenance`` (``vigil agent stop --leave-resources``, the seed's ``lkstop -f``): they
+  keep running, unmonitored (ISU), and nobody takes them over until the agent is back.
+
+Only ``vigil.__main__`` exits the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from vigil.agent import intents
 from vigil.agent.actor import Actor
 from vigil.agent.config import AgentConfig
+from vigil.agent.cycle import Cycle
+from vigil.agent.fencing import Cgroups, FencePlan, ensure_guard
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.lease import LeaseKeeper
 from vigil.agent.paths import PathMonitor
-from vigil.agent.storeio import read_cluster
+from vigil.agent.probe import probe
+from vigil.engine import failover
 from vigil.engine.order import remove_waves
-from vigil.engine.plan import Step, StepKind, decide
-from vigil.errors import Compacted, StoreError, VigilError
+from vigil.engine.plan import Step, StepKind
+from vigil.errors import StoreError, VigilError
 from vigil.kits.registry import KitRegistry, load_kits
-from vigil.model.cluster import Cluster, Resource
-from vigil.model.records import PREFIX, AliveRecord, ServerRecord, key
+from vigil.model.cluster import Cluster
+from vigil.model.policies import ShutdownStrategy, StopMode
+from vigil.model.records import AliveRecord, ServerRecord, StoppedRecord, key
+from vigil.model.states import InstanceState
 from vigil.store import open_store
 from vigil.store.base import Store
 
 log = logging.getLogger("vigil.agent")
 
-#: keys whose changes do not change any decision (reports, not inputs)
-_REPORT_PREFIXES = (key("state", ""), key("paths", ""), key("events", ""))
+#: general store requests may take this long; lease renewals have their own, shorter bound
+STORE_TIMEOUT = 2.0
 
 
 class Agent:
@@ -47,49 +58,46 @@ class Agent:
         self.server = config.server
         self.kits = kits or load_kits()
         self.store: Store | None = None
+        self.lease_store: Store | None = None
         self.lease: LeaseKeeper | None = None
         self.actor: Actor | None = None
-        self.paths: PathMonitor | None = None
-        self.cluster = Cluster()
-        self._wake = asyncio.Event()
+        self.cycle: Cycle | None = None
+        self.cgroups = Cgroups(self.server)
+        self.stop_mode: StopMode | None = None
+        self._template: tuple[object, FencePlan] | None = None
         self._stopping = asyncio.Event()
-        self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
-        self._extended: dict[str, Resource] = {}
         self.started_at = time.time()
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.cycle.cluster if self.cycle else Cluster()
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def run(
-        self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None
-    ) -> None:
+    async def run(self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
         """Run until ``stop()``; raises ``VigilError`` when the agent cannot start."""
         for error in self.kits.errors:
             log.error("%s", error)
-        self.store = await open_store(
-            self.config.store, request_timeout=self.config.lease.request_timeout
-        )
-        self.lease = LeaseKeeper(self.store, self.config.lease, self._lease_lost)
-        runner = KitRunner(
-            self.kits, self.server, self.config.state_dir, tuple(self.config.addresses)
-        )
-        self.actor = Actor(
-            self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
-        )
-        self.paths = PathMonitor(self.store, self.server, self.config.api.port)
+        settings = self.config.lease
+        self.store = await open_store(self.config.store, request_timeout=STORE_TIMEOUT)
+        # a connection of its own, so a slow request never delays a renewal
+        self.lease_store = await open_store(self.config.store, request_timeout=settings.request_timeout)
+        self.lease = LeaseKeeper(self.lease_store, settings, self._lease_lost, self._write_plan)
+        runner = KitRunner(self.kits, self.server, self.config.state_dir, tuple(self.config.addresses), self.cgroups)
+        self.actor = Actor(self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0)
+        self.cycle = Cycle(self.store, self.actor, lambda: bool(self.lease and self.lease.valid()))
+        paths = PathMonitor(self.store, self.server, self.config.api.port)
+        ensure_guard(self.config.state_dir)
         await self._join()
+        await self._probe()
         tasks = [
             asyncio.create_task(self.lease.run(), name="lease"),
-            asyncio.create_task(self._watch(), name="watch"),
-            asyncio.create_task(self._loop(), name="loop"),
-            asyncio.create_task(self.paths.run(lambda: self.cluster), name="paths"),
+            asyncio.create_task(self.cycle.watch(), name="watch"),
+            asyncio.create_task(self.cycle.loop(), name="loop"),
+            asyncio.create_task(paths.run(lambda: self.cluster), name="paths"),
         ]
         api = asyncio.create_task(serve_api(self), name="api") if serve_api else None
-        log.info(
-            "agent of %s started (store %s, api %s)",
-            self.server,
-            self.config.store,
-            self.config.api.url,
-        )
+        log.info("agent of %s started (store %s, api %s)", self.server, self.config.store, self.config.api.url)
         try:
             await self._stopping.wait()
         finally:
@@ -98,8 +106,10 @@ class Agent:
                 api.cancel()
                 await asyncio.gather(api, return_exceptions=True)
 
-    def stop(self) -> None:
-        """Ask for an orderly stop (signal-handler safe)."""
+    def stop(self, mode: StopMode | None = None) -> None:
+        """Ask for an orderly stop (signal-handler safe). ``mode`` None: the server's shutdown
+        strategy; MAINTENANCE: leave the resources running."""
+        self.stop_mode = mode
         self._stopping.set()
 
     async def _join(self) -> None:
@@ -107,37 +117,72 @@ class Agent:
         assert self.store and self.lease
         lease_id = await self.lease.grant()
         record = ServerRecord(
-            name=self.server,
-            api_url=self.config.api.url,
-            addresses=self.config.addresses,
-            registered_at=time.time(),
+            name=self.server, api_url=self.config.api.url, addresses=self.config.addresses, registered_at=time.time()
         )
         alive = AliveRecord(started_at=self.started_at, pid=os.getpid())
         await self.store.put(key("servers", self.server), record.dump())
         await self.store.put(key("alive", self.server), alive.dump(), lease=lease_id)
 
+    async def _probe(self) -> None:
+        """Find what runs here already, then lift an earlier hold or maintenance."""
+        assert self.store and self.actor and self.cycle
+        cluster = await self.cycle.refresh()
+        await probe(self.actor, cluster)
+        if self.server in cluster.stopped:
+            await self.store.delete(key("stopped", self.server))
+            await self.actor.event("agent-started", f"{self.server} is back ({cluster.stopped[self.server]} lifted)")
+        self._write_plan()
+
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        log.info("stopping the agent of %s: taking its hierarchies out of service", self.server)
-        for task in self._busy.values():
-            task.cancel()
+        assert self.cycle and self.actor
+        await self.cycle.cancel_steps()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._busy.values(), *tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        mode = self.stop_mode or StopMode.HOLD
         with contextlib.suppress(VigilError):
-            await self._remove_everything("the agent is stopping")
+            await self._leave(mode)
+        self._write_plan(mode="stopped")
         if self.lease:
             await self.lease.revoke()
-        if self.store:
-            await self.store.close()
-        log.info("agent of %s stopped", self.server)
+        for store in (self.store, self.lease_store):
+            if store:
+                await store.close()
+        log.info("agent of %s stopped (%s)", self.server, mode)
+
+    async def _leave(self, mode: StopMode) -> None:
+        """Record why this server stops, then hand over, remove or leave its hierarchies."""
+        assert self.store and self.actor and self.cycle
+        cluster = await self.cycle.refresh()
+        await self.store.put(key("stopped", self.server), StoppedRecord(mode=mode, at=time.time()).dump())
+        if mode is StopMode.MAINTENANCE:
+            log.info("maintenance: leaving %s running, unmonitored", ", ".join(sorted(self.actor.running)) or "nothing")
+            for tag in sorted(self.actor.running):
+                await self.actor.report(tag, InstanceState.ISU, "maintenance: left running, not monitored")
+            await self.actor.event("agent-stopped", f"{self.server} stopped for maintenance; resources left running")
+            return
+        if cluster.server_policy(self.server).shutdown_strategy is ShutdownStrategy.SWITCHOVER:
+            await self._switch_over_all(cluster)
+        await self.actor.event("agent-stopped", f"{self.server} stopped; its hierarchies are out of service")
+        await self._remove_everything("the agent is stopping")
+
+    async def _switch_over_all(self, cluster: Cluster) -> None:
+        assert self.store
+        for hierarchy in cluster.hierarchies:
+            if cluster.intended_server(hierarchy) != self.server:
+                continue
+            target = failover.choose_target(cluster, hierarchy, (self.server,))
+            if target.server:
+                why = f"{self.server} is stopping (shutdown strategy switchover): {hierarchy.name} moves to {target.server}"
+                await intents.move(self.store, cluster, hierarchy, target.server, me=self.server, reason=why, kind="shutdown-switchover")
 
     async def _lease_lost(self, reason: str) -> None:
         """Self-fencing: without a lease this server may hold nothing in service."""
+        assert self.cycle and self.lease
         log.error("fencing %s: %s; taking every hierarchy out of service", self.server, reason)
-        for task in self._busy.values():
-            task.cancel()
-        await asyncio.gather(*self._busy.values(), return_exceptions=True)
+        await self.cycle.cancel_steps()
         await self._remove_everything(f"lease lost: {reason}")
+        await self.lease.revoke(self.lease.lost_lease)  # its owner keys must go before we reclaim
         while not self._stopping.is_set():
             try:
                 await self._join()
@@ -145,90 +190,65 @@ class Agent:
             except StoreError as exc:
                 log.warning("cannot rejoin yet: %s", exc)
                 await asyncio.sleep(self.config.lease.renew_interval)
-        self._wake.set()
+        self.cycle.wake.set()
 
     async def _remove_everything(self, why: str) -> None:
-        assert self.actor
+        assert self.actor and self.cycle
         running = sorted(self.actor.running)
         if not running:
             return
-        cluster = self.cluster
+        cluster = self.cycle.cluster
         step = Step(StepKind.REMOVE, ", ".join(running), frozenset(running), why)
         known = {tag: self.actor.known.get(tag) or cluster.resources.get(tag) for tag in running}
         resources = {tag: r for tag, r in known.items() if r is not None}
-        merged = Cluster(
-            resources={**cluster.resources, **resources}, dependencies=cluster.dependencies
-        )
-        await self.actor._remove_waves(merged, remove_waves(merged, running), step, why)
+        merged = Cluster(resources={**cluster.resources, **resources}, dependencies=cluster.dependencies)
+        await self.actor.remove_waves(merged, remove_waves(merged, running), step, why)
 
-    # --- observe, decide, act ------------------------------------------------------------
+    # --- the fence guard's plan -------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Wake the loop on every change that can change a decision."""
-        assert self.store
-        revision = 0
-        while True:
-            try:
-                if revision == 0:
-                    revision = (await self.store.get_prefix(key("config"))).revision + 1
-                    self._wake.set()
-                async for event in self.store.watch(PREFIX, revision):
-                    revision = event.mod_revision + 1
-                    if not event.key.startswith(_REPORT_PREFIXES):
-                        self._wake.set()
-            except Compacted:
-                revision = 0
-            except StoreError as exc:
-                log.warning("store watch interrupted: %s", exc)
-                await asyncio.sleep(0.5)
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._cycle()
-            except StoreError as exc:
-                log.warning("cycle skipped, store unavailable: %s", exc)
-                await asyncio.sleep(0.5)
-                self._wake.set()
-
-    async def _cycle(self) -> None:
-        assert self.store and self.actor and self.lease
-        self.cluster = cluster = await read_cluster(self.store)
-        await self._forget_unextended(cluster)
-        if not self.lease.valid():
+    def _write_plan(self, mode: str = "active") -> None:
+        """Tell the fence guard the new deadline and what to undo (every resource extended
+        here: undoing what is not in service is harmless, and the plan stays simple)."""
+        if not self.lease or not self.actor:
             return
-        for step in decide(cluster, self.server, self.actor.local_view()):
-            if step.kind is StepKind.WAIT:
-                log.info("%s", step.reason)
-                continue
-            if any(step.tags & busy for busy in self._busy):
-                continue
-            task = asyncio.create_task(self.actor.carry_out(cluster, step))
-            self._busy[step.tags] = task
-            task.add_done_callback(functools.partial(self._step_done, step.tags))
-        await self.actor.report_standby(cluster)
+        template = self._fence_template()
+        plan = FencePlan(
+            self.server,
+            os.getpid(),
+            mode,
+            self.lease.trusted_until,
+            list(template.cgroups),
+            list(template.addresses),
+            list(template.mounts),
+        )
+        try:
+            plan.write(self.config.state_dir)
+        except OSError as exc:
+            log.error("cannot write the fence plan: %s", exc)
 
-    def _step_done(self, tags: frozenset[str], _task: asyncio.Task[None]) -> None:
-        task = self._busy.pop(tags, None)
-        if task and not task.cancelled() and task.exception():
-            log.error("step on %s failed: %s", ", ".join(sorted(tags)), task.exception())
-        self._wake.set()
-
-    async def _forget_unextended(self, cluster: Cluster) -> None:
-        """Run the kits' ``delete`` for resources no longer extended to this server."""
-        assert self.actor
-        here = {tag: r for tag, r in cluster.resources.items() if self.server in r.instances}
-        gone = [
-            r
-            for tag, r in self._extended.items()
-            if tag not in here and tag not in self.actor.running
-        ]
-        self._extended = here
-        for resource in gone:
+    def _fence_template(self) -> FencePlan:
+        """What to undo, recomputed only when the cluster view changed."""
+        cluster = self.cluster
+        marker = (cluster.revision, frozenset(self.actor.running if self.actor else ()))
+        if self._template is not None and self._template[0] == marker:
+            return self._template[1]
+        plan = FencePlan(self.server, os.getpid())
+        tags = sorted(
+            set(self.actor.running if self.actor else ())
+            | {t for t, r in cluster.resources.items() if self.server in r.instances}
+        )
+        if self.cgroups.base is not None:
+            plan.cgroups = [str(self.cgroups.base / tag) for tag in tags]
+        for tag in tags:
+            resource = cluster.resources.get(tag) or (self.actor.known.get(tag) if self.actor else None)
+            if resource is None or self.actor is None:
+                continue
             try:
-                await self.actor.runner.delete(resource)
-                log.info("%s is no longer extended to %s: cleaned up", resource.tag, self.server)
-            except VigilError as exc:
-                log.warning("cleanup of %s on %s failed: %s", resource.tag, self.server, exc)
+                kit, ctx = self.actor.runner.resource_context(resource)
+                actions = kit.fence_actions(ctx)
+            except VigilError:
+                continue
+            plan.addresses.extend(actions.addresses)
+            plan.mounts.extend(actions.mounts)
+        self._template = (marker, plan)
+        return plan

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vigil.agent.fencing import Cgroups
 from vigil.errors import KitError, KitTimeout, Severity, VigilError
 from vigil.kits.base import Action, Check, ExtendCheck, Kit, KitContext
 from vigil.kits.registry import KitRegistry
@@ -27,12 +28,18 @@ class KitRunner:
     """Runs kit actions on this server."""
 
     def __init__(
-        self, kits: KitRegistry, server: str, state_dir: Path, addresses: tuple[str, ...]
+        self,
+        kits: KitRegistry,
+        server: str,
+        state_dir: Path,
+        addresses: tuple[str, ...],
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.kits = kits
         self.server = server
         self.state_dir = state_dir
         self.addresses = addresses
+        self.cgroups = cgroups
 
     def kit(self, name: str) -> Kit:
         return self.kits.get(name)
@@ -43,6 +50,7 @@ class KitRunner:
         kit: Kit,
         properties: dict[str, Any],
         epoch: int = 0,
+        cgroup: Path | None = None,
     ) -> KitContext:
         parsed = kit.parse_properties(properties)
         return KitContext(
@@ -53,11 +61,13 @@ class KitRunner:
             epoch=epoch,
             state_dir=self.state_dir / "kits" / tag,
             addresses=self.addresses,
+            cgroup=cgroup,
         )
 
     def resource_context(self, resource: Resource, epoch: int = 0) -> tuple[Kit, KitContext]:
         kit = self.kit(resource.kit)
-        return kit, self.context(resource.tag, kit, resource.properties_on(self.server), epoch)
+        cgroup = self.cgroups.path(resource.tag) if self.cgroups else None
+        return kit, self.context(resource.tag, kit, resource.properties_on(self.server), epoch, cgroup)
 
     async def run(
         self,
@@ -98,9 +108,18 @@ class KitRunner:
         kit, ctx = self.resource_context(resource, epoch)
         await self.run(Action.REMOVE, kit, ctx, kit.remove)
 
-    async def quick_check(self, resource: Resource) -> Check:
+    async def check(self, resource: Resource, action: Action = Action.QUICK_CHECK) -> Check:
+        """A quick or deep check; overrunning its timeout is a failed check."""
         kit, ctx = self.resource_context(resource)
-        return await self.run(Action.QUICK_CHECK, kit, ctx, kit.quick_check)
+        call = kit.deep_check if action is Action.DEEP_CHECK else kit.quick_check
+        try:
+            return await self.run(action, kit, ctx, call)
+        except KitTimeout as exc:
+            return Check.failed(str(exc))
+
+    async def recover(self, resource: Resource) -> bool:
+        kit, ctx = self.resource_context(resource)
+        return await self.run(Action.RECOVER, kit, ctx, kit.recover)
 
     async def validate_create(
         self, tag: str, kit_name: str, properties: dict[str, Any]

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from vigil.agent.config import SAFETY_MARGIN, LeaseSettings
+from vigil.agent.config import LeaseSettings
 from vigil.errors import LeaseLost, StoreError
 from vigil.store.base import Store
 
@@ -30,27 +30,34 @@ class LeaseKeeper:
         store: Store,
         settings: LeaseSettings,
         on_lost: Callable[[str], Awaitable[None]],
+        on_renewed: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.settings = settings
         self.on_lost = on_lost
+        self.on_renewed = on_renewed
         self.clock = clock
         self.lease_id = 0
+        self.lost_lease = 0
         self.last_sent = 0.0
 
     async def grant(self) -> int:
-        """Grant a fresh lease (etcd grants whole seconds: round up, the safe direction)."""
+        """Grant a fresh lease."""
         sent = self.clock()
-        lease = await self.store.grant_lease(math.ceil(self.settings.ttl))
+        ttl = self.settings.ttl
+        if self.store.capabilities.networked:
+            ttl = math.ceil(ttl)  # etcd grants whole seconds: round up, the safe direction
+        lease = await self.store.grant_lease(ttl)  # type: ignore[arg-type]
         self.lease_id, self.last_sent = lease.id, sent
+        self.on_renewed()
         log.info("lease %x granted (ttl %ss)", lease.id, lease.ttl)
         return lease.id
 
     @property
     def trusted_until(self) -> float:
         """Monotonic time after which this agent must consider its lease lost."""
-        return self.last_sent + self.settings.ttl - SAFETY_MARGIN
+        return self.last_sent + self.settings.ttl - self.settings.safety_margin
 
     def valid(self) -> bool:
         return self.lease_id != 0 and self.clock() < self.trusted_until
@@ -62,8 +69,8 @@ class LeaseKeeper:
             await asyncio.sleep(self.settings.renew_interval)
             reason = await self._renew_once()
             if reason:
-                lease_id, self.lease_id = self.lease_id, 0
-                log.error("lease %x lost: %s", lease_id, reason)
+                self.lost_lease, self.lease_id = self.lease_id, 0
+                log.error("lease %x lost: %s", self.lost_lease, reason)
                 await self.on_lost(reason)
 
     async def _renew_once(self) -> str | None:
@@ -73,7 +80,7 @@ class LeaseKeeper:
             if sent >= self.trusted_until:
                 return (
                     f"no successful renewal for {sent - self.last_sent:.1f}s "
-                    f"(ttl {self.settings.ttl}s, safety margin {SAFETY_MARGIN}s)"
+                    f"(ttl {self.settings.ttl}s, safety margin {self.settings.safety_margin}s)"
                 )
             budget = min(self.settings.request_timeout, self.trusted_until - sent)
             try:
@@ -85,12 +92,14 @@ class LeaseKeeper:
                 await asyncio.sleep(min(0.1, self.settings.renew_interval))
                 continue
             self.last_sent = sent
+            self.on_renewed()
             return None
 
-    async def revoke(self) -> None:
-        """Give the lease back (orderly stop): its keys vanish at once."""
-        if self.lease_id:
+    async def revoke(self, lease_id: int | None = None) -> None:
+        """Give the lease back (orderly stop, or the one just lost): its keys vanish at once."""
+        if lease_id is None:
             lease_id, self.lease_id = self.lease_id, 0
+        if lease_id:
             try:
                 await self.store.revoke_lease(lease_id)
             except StoreError as exc:

@@ -147,6 +147,11 @@ def create_dependency(cluster: Cluster, parent: str, child: str) -> Change:
             f"{parent} is extended to {', '.join(sorted(p.instances))} but {child} to "
             f"{', '.join(sorted(c.instances))}: extend both to the same servers first"
         )
+    if dict(p.instances) != dict(c.instances):
+        raise Conflict(
+            f"{parent} has priorities {_priorities(p)} but {child} has {_priorities(c)}: "
+            "a hierarchy has one priority per server; unextend and extend one of them again"
+        )
     wanted_p = cluster.intended_server(cluster.hierarchy(parent))
     wanted_c = cluster.intended_server(cluster.hierarchy(child))
     if wanted_p != wanted_c:
@@ -158,6 +163,10 @@ def create_dependency(cluster: Cluster, parent: str, child: str) -> Change:
         dependencies=frozenset({Dependency(parent, child)}),
         summary=f"{parent} now depends on {child} (on every server)",
     )
+
+
+def _priorities(resource: Resource) -> str:
+    return ", ".join(f"{s} {p}" for s, p in sorted(resource.instances.items(), key=lambda i: i[1]))
 
 
 def delete_dependency(cluster: Cluster, parent: str, child: str) -> Change:

@@ -13,16 +13,21 @@ key exists exactly while its owner may still have the resource in service).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from vigil.engine import failover
 from vigil.engine.order import remove_waves, restore_waves
 from vigil.model.cluster import Cluster, Hierarchy
+from vigil.model.policies import ConfirmDefault
 
 
 class StepKind(StrEnum):
     RESTORE = "restore"  # claim ownership, then restore children-first
     REMOVE = "remove"  # remove parents-first, then release ownership
+    TAKEOVER = "takeover"  # want the hierarchy here: its server died (a failover)
+    SWITCHBACK = "switchback"  # want the hierarchy back here, its preferred server
+    CONFIRM = "confirm"  # ask an operator before taking over (confirm failover)
     WAIT = "wait"  # nothing to do until something changes elsewhere
 
 
@@ -53,13 +58,20 @@ class Step:
     #: resources whose ownership this server releases after removing
     release: frozenset[str] = frozenset()
     intent_revision: int = 0
+    #: for TAKEOVER/CONFIRM: the server failed over from, and the servers already tried
+    origin: str | None = None
+    tried: tuple[str, ...] = ()
 
 
-def decide(cluster: Cluster, me: str, local: LocalView) -> list[Step]:
-    """Every step this server should take now, one per hierarchy that needs one."""
+def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> list[Step]:
+    """Every step this server should take now, one per hierarchy that needs one.
+
+    ``now`` (wall-clock seconds) times out pending failover confirmations."""
     steps = []
     for hierarchy in cluster.hierarchies:
-        step = _decide_hierarchy(cluster, me, local, hierarchy)
+        step = _decide_hierarchy(cluster, me, local, hierarchy) or _takeover(
+            cluster, me, hierarchy, now
+        )
         if step is not None:
             steps.append(step)
     orphans = local.running - set(cluster.resources)
@@ -110,6 +122,62 @@ def _decide_hierarchy(
         why = f"removing {name} from {me}: {where}"
         return Step(StepKind.REMOVE, name, tags, why, waves, release=mine, intent_revision=revision)
     return None
+
+
+def _takeover(cluster: Cluster, me: str, hierarchy: Hierarchy, now: float) -> Step | None:
+    """A failover to this server (its old server died), or an automatic switchback here."""
+    name, tags = hierarchy.name, hierarchy.tags
+    revision = cluster.intent_revision(hierarchy)
+    dead = failover.orphaned_by(cluster, hierarchy)
+    if dead is None:
+        back = failover.switchback_target(cluster, hierarchy)
+        if back == me:
+            why = f"switching {name} back to {me}, its preferred server (automatic switchback)"
+            return Step(StepKind.SWITCHBACK, name, tags, why, intent_revision=revision)
+        return None
+    blocked = failover.failover_blocked(cluster, hierarchy, dead)
+    if blocked:
+        return Step(StepKind.WAIT, name, tags, f"{name} stays off {dead}: {blocked}")
+    intent = cluster.intent(hierarchy)
+    tried = tuple(dict.fromkeys([*(intent.tried if intent else ()), dead]))
+    origin = intent.origin if intent and intent.origin else dead
+    target = failover.choose_target(cluster, hierarchy, tried)
+    if target.server is None:
+        why = f"{name} cannot fail over from {dead}: {target.reason}"
+        return Step(StepKind.WAIT, name, tags, why)
+    if target.server != me:
+        return None
+    why = f"failing {name} over from {dead} to {me}: {dead} is down; {target.reason}"
+    step = Step(
+        StepKind.TAKEOVER, name, tags, why, intent_revision=revision, origin=origin, tried=tried
+    )
+    return _confirmed(cluster, me, hierarchy, step, now)
+
+
+def _confirmed(cluster: Cluster, me: str, hierarchy: Hierarchy, step: Step, now: float) -> Step:
+    """Apply the seed's "confirm failover": ask, wait for the answer or the timeout."""
+    policy = cluster.server_policy(me)
+    if not policy.confirm_failover:
+        return step
+    pending = cluster.confirmations.get(hierarchy.name)
+    if pending is None or pending.target != me:
+        why = (
+            f"{step.reason}; waiting for an operator: vigil confirm-failover {hierarchy.name} "
+            f"--yes|--no (default {policy.confirm_default} in {policy.confirm_timeout:g}s)"
+        )
+        return replace(step, kind=StepKind.CONFIRM, reason=why)
+    if pending.decision is None and now - pending.since < policy.confirm_timeout:
+        return replace(step, kind=StepKind.WAIT, reason=f"{hierarchy.name}: failover awaits confirmation")
+    proceed = pending.decision
+    if proceed is None:
+        proceed = policy.confirm_default is ConfirmDefault.PROCEED
+        answer = f"no answer in {policy.confirm_timeout:g}s: default {policy.confirm_default}"
+    else:
+        answer = "confirmed by an operator" if proceed else "refused by an operator"
+    if not proceed:
+        why = f"{hierarchy.name} stays out of service: failover to {me} {answer}"
+        return replace(step, kind=StepKind.WAIT, reason=why)
+    return replace(step, reason=f"{step.reason} ({answer})")
 
 
 def _restore_cause(cluster: Cluster, hierarchy: Hierarchy, me: str) -> str:

@@ -184,6 +184,22 @@ class KitContext:
     epoch: int = 0
     #: addresses of this server (as registered), for kits that need them
     addresses: tuple[str, ...] = ()
+    #: a cgroup v2 directory for the resource's processes (None where cgroups are not
+    #: available): run commands with ``run_command(..., cgroup=ctx.cgroup)`` so the fence
+    #: guard can stop everything the resource started
+    cgroup: Path | None = None
+
+
+@dataclass(frozen=True)
+class FenceActions:
+    """What the fence guard must undo, without the kit, if this server loses its lease
+    while the resource is in service. Processes in the resource's cgroup are always
+    killed; kits add what outlives processes: addresses, mounts."""
+
+    #: (address, prefix length, interface) to delete
+    addresses: tuple[tuple[str, int, str], ...] = ()
+    #: mount points to unmount (lazily, after the processes are killed)
+    mounts: tuple[str, ...] = ()
 
 
 class Kit(abc.ABC):
@@ -238,6 +254,10 @@ class Kit(abc.ABC):
 
     async def delete(self, ctx: KitContext) -> None:
         """Clean up what create/extend made on ``ctx.server``. Idempotent."""
+
+    def fence_actions(self, ctx: KitContext) -> FenceActions:
+        """What the fence guard must undo for this resource (beyond killing its cgroup)."""
+        return FenceActions()
 
     # --- service actions ----------------------------------------------------------------
 

@@ -116,6 +116,7 @@ async def run_command(
     cwd: str | os.PathLike[str] | None = None,
     shell: bool = False,
     name: str | None = None,
+    cgroup: Path | None = None,
 ) -> CommandResult:
     """Run a command to completion in its own process group and return how it ended.
 
@@ -128,9 +129,16 @@ async def run_command(
     ``asyncio.CancelledError`` when cancelled, in both cases only after the command's
     process group has been killed (see the module docstring). Never raises for a non-zero
     exit; the caller decides what a return code means.
+
+    ``cgroup`` (a cgroup v2 directory) puts the command, and every process it starts
+    (daemons included, however they detach), into that cgroup: the fence guard can then
+    stop all of a resource's processes at once.
     """
     args = _argv(argv, shell)
     label = name or _label(args, shell)
+    if cgroup is not None:
+        # the shell joins the cgroup, then becomes the command: nothing runs outside it
+        args = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *args]
     full_env = {**os.environ, **env} if env is not None else None
     read_fd, write_fd = os.pipe()
     try:

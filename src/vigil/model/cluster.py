@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from vigil.model import graph
+from vigil.model.policies import (
+    HIERARCHY_POLICY_NAMES,
+    RESOURCE_POLICY_NAMES,
+    HierarchyPolicy,
+    ResourcePolicy,
+    ServerPolicy,
+    StopMode,
+    parse_policy,
+)
 from vigil.model.states import InstanceState, PathState
 
 JsonObject = Mapping[str, object]
@@ -127,12 +136,28 @@ class Observed:
 
 @dataclass(frozen=True)
 class Intent:
-    """Where an operator (or, later, the engine) wants a resource in service; None: nowhere."""
+    """Where an operator or the engine wants a resource in service; None: nowhere.
+
+    During a failover, ``origin`` is the server it fails over from and ``tried`` every
+    server that could not restore it in this failover (cascading skips them)."""
 
     tag: str
     server: str | None
     revision: int = 0
     reason: str = ""
+    origin: str | None = None
+    tried: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A failover waiting for an operator (the seed's "confirm failover")."""
+
+    hierarchy: str
+    target: str
+    origin: str
+    since: float
+    decision: bool | None = None  # True: proceed, False: block, None: not answered yet
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,11 @@ class Cluster:
     #: mod_revision of the configuration key, bumped by every configuration change; a
     #: change validated against this view is applied only if it is still current
     config_revision: int = 0
+    server_policies: Mapping[str, ServerPolicy] = field(default_factory=dict)
+    #: servers stopped on purpose: orderly stop (hold) or maintenance
+    stopped: Mapping[str, StopMode] = field(default_factory=dict)
+    #: hierarchy name -> operator's answer to a pending failover confirmation (None: none yet)
+    confirmations: Mapping[str, Confirmation] = field(default_factory=dict)
 
     @cached_property
     def edges(self) -> list[graph.Edge]:
@@ -224,6 +254,25 @@ class Cluster:
     def owner_of(self, hierarchy: Hierarchy) -> set[str]:
         """Servers that own at least one resource of the hierarchy (normally 0 or 1)."""
         return {self.owners[tag].server for tag in hierarchy.tags if tag in self.owners}
+
+    def server_policy(self, server: str) -> ServerPolicy:
+        return self.server_policies.get(server, ServerPolicy())
+
+    def resource_policy(self, tag: str) -> ResourcePolicy:
+        values = {
+            k: v for k, v in self.resources[tag].policies.items() if k in RESOURCE_POLICY_NAMES
+        }
+        policy: ResourcePolicy = parse_policy(ResourcePolicy, values, tag)
+        return policy
+
+    def hierarchy_policy(self, hierarchy: Hierarchy) -> HierarchyPolicy:
+        root = self.resources[hierarchy.name]
+        values = {k: v for k, v in root.policies.items() if k in HIERARCHY_POLICY_NAMES}
+        policy: HierarchyPolicy = parse_policy(HierarchyPolicy, values, hierarchy.name)
+        return policy
+
+    def intent(self, hierarchy: Hierarchy) -> Intent | None:
+        return self.intents.get(hierarchy.name)
 
     def state_of(self, server: str, tag: str) -> Observed:
         """The instance state of ``tag`` on ``server`` as the cluster sees it now."""

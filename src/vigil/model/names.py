@@ -26,7 +26,7 @@ def tag_problems(tag: str) -> list[str]:
         problems.append(f"tag {tag[:20]!r}... is {len(tag)} characters long: at most {TAG_MAX}")
     if tag and any(c.isspace() for c in tag):
         problems.append(f"tag {tag!r} contains whitespace: use '-' or '_' instead")
-    elif tag and not _TAG.match(tag):
+    elif tag and not _TAG.fullmatch(tag):
         problems.append(
             f"tag {tag!r} may contain only letters, digits, '.', '_' and '-', "
             "and must start with a letter or digit"
@@ -44,7 +44,7 @@ def check_tag(tag: str) -> str:
 
 def check_server_name(name: str) -> str:
     """Return ``name`` if it is a valid server name (a DNS label), else raise."""
-    if not _SERVER.match(name):
+    if not _SERVER.fullmatch(name):
         raise ValidationError(
             f"server name {name!r} is not valid: use lower-case letters, digits and '-', "
             "at most 63 characters (a host name label)"

@@ -17,6 +17,9 @@ Key layout (all under ``PREFIX``)::
     state/<server>/<tag>        StateRecord       what the agent of <server> observes
     events/<time>-<server>-<n>  EventRecord       the cluster event log
     config                      ConfigRecord      bumped by every configuration change
+    serverpolicy/<server>       ServerPolicyRecord the server's recovery/failover policies
+    stopped/<server>            StoppedRecord     the server was stopped on purpose
+    confirm/<hierarchy>         ConfirmRecord     a failover waiting for an operator
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vigil.errors import ValidationError
 from vigil.model.cluster import (
     Cluster,
     CommPath,
+    Confirmation,
     Dependency,
     Intent,
     Observed,
@@ -36,6 +41,7 @@ from vigil.model.cluster import (
     Resource,
     Server,
 )
+from vigil.model.policies import ServerPolicy, StopMode, parse_policy
 from vigil.model.states import InstanceState, PathState
 
 PREFIX = "/vigil/"
@@ -121,6 +127,24 @@ class IntentRecord(Record):
     reason: str = ""
     requested_by: str = ""
     at: float = 0.0
+    origin: str | None = None
+    tried: list[str] = Field(default_factory=list)
+
+
+class ServerPolicyRecord(Record):
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoppedRecord(Record):
+    mode: StopMode
+    at: float = 0.0
+
+
+class ConfirmRecord(Record):
+    target: str
+    origin: str
+    since: float
+    decision: bool | None = None
 
 
 class OwnerRecord(Record):
@@ -167,6 +191,9 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
     owners: dict[str, Ownership] = {}
     observed: dict[tuple[str, str], Observed] = {}
     config_revision = 0
+    server_policies: dict[str, ServerPolicy] = {}
+    stopped: dict[str, StopMode] = {}
+    confirmations: dict[str, Confirmation] = {}
     for full_key, value, create_rev, mod_rev in items:
         if not full_key.startswith(PREFIX):
             continue
@@ -201,7 +228,15 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
                 deps.add(Dependency(parent, child))
             elif kind == "intent":
                 i = _load(IntentRecord, value)
-                intents[rest] = Intent(rest, i.server, mod_rev, i.reason)
+                intents[rest] = Intent(rest, i.server, mod_rev, i.reason, i.origin, tuple(i.tried))
+            elif kind == "serverpolicy":
+                values = _load(ServerPolicyRecord, value).policy
+                server_policies[rest] = parse_policy(ServerPolicy, values, rest)
+            elif kind == "stopped":
+                stopped[rest] = _load(StoppedRecord, value).mode
+            elif kind == "confirm":
+                c = _load(ConfirmRecord, value)
+                confirmations[rest] = Confirmation(rest, c.target, c.origin, c.since, c.decision)
             elif kind == "owner":
                 o = _load(OwnerRecord, value)
                 owners[rest] = Ownership(rest, o.server, create_rev)
@@ -211,7 +246,7 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
                 observed[(server, tag)] = Observed(
                     tag, server, s.state, s.reason, s.since, s.intent_revision
                 )
-        except ValueError:
+        except (ValueError, ValidationError):
             continue
     server_models = {
         name: Server(
@@ -234,4 +269,7 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
         observed=observed,
         path_observations=tuple(path_obs),
         config_revision=config_revision,
+        server_policies=server_policies,
+        stopped=stopped,
+        confirmations=confirmations,
     )

@@ -204,6 +204,7 @@ class AppKit(Kit):
             cwd=p.working_directory or "/",
             shell=True,
             name=f"{ctx.tag} {action.value}",
+            cgroup=ctx.cgroup,
         )
 
     async def _run_or_raise(

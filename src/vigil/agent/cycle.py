@@ -1,0 +1,134 @@
+"""Observe → decide → act, for one agent.
+
+Each cycle reads one consistent view of the cluster, asks the engine what this server must
+do (``engine.plan.decide``), logs each decision once, and starts one task per hierarchy
+that needs action (a hierarchy already being acted on is left alone until its step ends).
+Cycles run on every store change that can change a decision, and at least once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from vigil.agent.actor import Actor
+from vigil.agent.monitor import Monitor
+from vigil.agent.storeio import read_cluster
+from vigil.engine.plan import StepKind, decide
+from vigil.errors import Compacted, StoreError, VigilError
+from vigil.model.cluster import Cluster, Resource
+from vigil.model.records import PREFIX, key
+from vigil.store.base import Store
+
+log = logging.getLogger("vigil.agent")
+
+#: keys whose changes do not change any decision (reports, not inputs)
+_REPORT_PREFIXES = (key("state", ""), key("paths", ""), key("events", ""))
+
+
+class Cycle:
+    def __init__(self, store: Store, actor: Actor, trusted: Callable[[], bool]) -> None:
+        self.store = store
+        self.actor = actor
+        self.trusted = trusted  # whether this server's lease can be trusted now
+        self.cluster = Cluster()
+        self.monitor = Monitor(actor, lambda: self.cluster, self.is_busy)
+        self.wake = asyncio.Event()
+        self.paused = False  # maintenance: no decisions, no monitoring
+        self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
+        self._waiting: dict[str, str] = {}
+        self._extended: dict[str, Resource] = {}
+
+    def is_busy(self, tag: str) -> bool:
+        return any(tag in tags for tags in self._busy)
+
+    async def cancel_steps(self) -> None:
+        """Stop every step in progress and all monitoring (fencing, shutdown)."""
+        await self.monitor.stop()
+        for task in self._busy.values():
+            task.cancel()
+        await asyncio.gather(*self._busy.values(), return_exceptions=True)
+        self._busy.clear()
+
+    async def refresh(self) -> Cluster:
+        self.cluster = await read_cluster(self.store)
+        return self.cluster
+
+    async def watch(self) -> None:
+        """Wake the loop on every change that can change a decision."""
+        revision = 0
+        while True:
+            try:
+                if revision == 0:
+                    revision = (await self.store.get_prefix(key("config"))).revision + 1
+                    self.wake.set()
+                async for event in self.store.watch(PREFIX, revision):
+                    revision = event.mod_revision + 1
+                    if not event.key.startswith(_REPORT_PREFIXES):
+                        self.wake.set()
+            except Compacted:
+                revision = 0
+            except StoreError as exc:
+                log.warning("store watch interrupted: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def loop(self) -> None:
+        while True:
+            # also every second without changes: confirmation timeouts, switchback
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 1.0)
+            self.wake.clear()
+            try:
+                await self.run_once()
+            except StoreError as exc:
+                log.warning("cycle skipped, store unavailable: %s", exc)
+                await asyncio.sleep(0.5)
+                self.wake.set()
+
+    async def run_once(self) -> None:
+        cluster = await self.refresh()
+        await self._forget_unextended(cluster)
+        if self.paused or not self.trusted():
+            return
+        waiting: dict[str, str] = {}
+        for step in decide(cluster, self.actor.server, self.actor.local_view(), time.time()):
+            if step.kind is StepKind.WAIT:
+                waiting[step.hierarchy] = step.reason
+                if self._waiting.get(step.hierarchy) != step.reason:
+                    log.info("%s", step.reason)  # once per change, not once per cycle
+                continue
+            if any(step.tags & busy for busy in self._busy):
+                continue
+            task = asyncio.create_task(self.actor.carry_out(cluster, step))
+            self._busy[step.tags] = task
+            task.add_done_callback(functools.partial(self._step_done, step.tags))
+        self._waiting = waiting
+        await self.actor.report_standby(cluster)
+        self.monitor.sync()
+
+    def _step_done(self, tags: frozenset[str], _task: asyncio.Task[None]) -> None:
+        task = self._busy.pop(tags, None)
+        if task and not task.cancelled() and task.exception():
+            log.error("step on %s failed: %s", ", ".join(sorted(tags)), task.exception())
+        self.wake.set()
+
+    async def _forget_unextended(self, cluster: Cluster) -> None:
+        """Run the kits' ``delete`` for resources no longer extended to this server."""
+        me = self.actor.server
+        here = {tag: r for tag, r in cluster.resources.items() if me in r.instances}
+        gone = [
+            r
+            for tag, r in self._extended.items()
+            if tag not in here and tag not in self.actor.running
+        ]
+        self._extended = here
+        for resource in gone:
+            try:
+                await self.actor.runner.delete(resource)
+                log.info("%s is no longer extended to %s: cleaned up", resource.tag, me)
+            except VigilError as exc:
+                log.warning("cleanup of %s on %s failed: %s", resource.tag, me, exc)

@@ -1,0 +1,74 @@
+"""The fence guard: ``python -m vigil.agent.fenceguard STATE_DIR``.
+
+Deliberately tiny and independent of the agent: no store, no asyncio, no kits. Every 20 ms
+it reads the fence plan the agent refreshes after each lease renewal. When the plan's
+deadline (system-wide monotonic clock) has passed while resources are listed, the agent
+can no longer be trusted to hold its lease (killed, frozen, cut off): the guard kills the
+resources' cgroups, deletes their addresses and lazily unmounts their volumes, once per
+deadline, and logs what it did. The agent's lease cannot have expired for any other server
+yet: the plan's deadline lies a safety margin before that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vigil.agent.fencing import FencePlan, kill_cgroup
+
+POLL = 0.02
+
+
+def say(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fence-guard: {message}", flush=True)
+
+
+def fence(plan: FencePlan) -> list[str]:
+    """Undo everything in the plan; returns what was done. Tries every action."""
+    done = []
+    for cgroup in plan.cgroups:
+        pids = kill_cgroup(Path(cgroup))
+        if pids:
+            done.append(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
+    for address, prefix, interface in plan.addresses:
+        result = subprocess.run(
+            ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            done.append(f"deleted address {address}/{prefix} from {interface}")
+    for mount in plan.mounts:
+        result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        if result.returncode == 0:
+            done.append(f"unmounted {mount}")
+    return done
+
+
+def run(directory: Path) -> int:
+    say(f"watching {directory}")
+    fenced_for = None
+    while True:
+        plan = FencePlan.read(directory)
+        if plan is not None:
+            if plan.mode == "stopped":
+                say("the agent stopped in order; exiting")
+                return 0
+            due = plan.mode == "active" and time.monotonic() >= plan.deadline
+            if due and fenced_for != plan.deadline and (plan.cgroups or plan.addresses or plan.mounts):
+                late = time.monotonic() - plan.deadline
+                say(f"no lease renewal from agent {plan.agent_pid} by its deadline ({late:.3f}s ago): fencing")
+                for line in fence(plan):
+                    say(line)
+                fenced_for = plan.deadline
+                with contextlib.suppress(OSError):
+                    (directory / "fenced.json").write_text(json.dumps({"deadline": plan.deadline, "at": time.time()}))
+        time.sleep(POLL)
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

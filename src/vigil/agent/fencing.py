@@ -1,0 +1,156 @@
+"""Fencing: making sure a server that lost its lease has nothing left in service.
+
+Three layers, from the agent's own to the one that needs no agent at all:
+
+1. The agent removes its hierarchies when its lease can no longer be trusted (``lease``).
+2. Every resource's processes run in their own cgroup (``<cgroup2>/vigil/<server>/<tag>``),
+   so "remove everything" can kill them all, whatever the kit's scripts did.
+3. The **fence guard**, a small separate process per server (``fenceguard``), reads the
+   *fence plan* this module writes after every lease renewal: a deadline (the agent's
+   trust limit on the system-wide monotonic clock) and what to undo. If the deadline
+   passes without a renewal (the agent was SIGKILLed, frozen by SIGSTOP, or cut off from
+   the store), the guard kills the cgroups, deletes the addresses and unmounts the
+   volumes, before the lease can expire anywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("vigil.agent.fencing")
+
+PLAN_FILE = "fence.json"
+GUARD_PID_FILE = "fence-guard.pid"
+
+
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted here (None when it is not)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "cgroup2":
+            return Path(parts[1])
+    return None
+
+
+class Cgroups:
+    """The cgroups of one server's resources."""
+
+    def __init__(self, server: str, root: Path | None = None) -> None:
+        base = root if root is not None else cgroup2_root()
+        self.base = base / "vigil" / server if base is not None else None
+
+    def path(self, tag: str) -> Path | None:
+        """The resource's cgroup, created if missing (None without cgroup v2)."""
+        if self.base is None:
+            return None
+        path = self.base / tag
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("no cgroup for %s (%s): its processes cannot be fenced as a group", tag, exc)
+            return None
+        return path
+
+    def kill(self, tag: str) -> list[int]:
+        """Kill every process left in the resource's cgroup; the pids it found."""
+        return kill_cgroup(self.base / tag) if self.base is not None else []
+
+
+def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:
+    """SIGKILL every process of a cgroup (``cgroup.kill`` where the kernel has it), wait
+    until it is empty, and remove it. Returns the pids that were there."""
+    procs = path / "cgroup.procs"
+    try:
+        pids = [int(p) for p in procs.read_text().split()]
+    except (OSError, ValueError):
+        return []
+    if pids:
+        try:
+            (path / "cgroup.kill").write_text("1")
+        except OSError:
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if not procs.read_text().split():
+                    break
+            time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+    return pids
+
+
+@dataclass
+class FencePlan:
+    """What the guard reads. ``mode``: active (fence at ``deadline``), maintenance (never
+    fence: resources are meant to keep running), stopped (the guard exits)."""
+
+    server: str
+    agent_pid: int
+    mode: str = "active"
+    deadline: float = 0.0  # time.monotonic() value
+    cgroups: list[str] = field(default_factory=list)
+    addresses: list[tuple[str, int, str]] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+
+    def write(self, directory: Path) -> None:
+        """Atomically replace the plan (the guard never reads half a file)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (PLAN_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(directory / PLAN_FILE)
+
+    @classmethod
+    def read(cls, directory: Path) -> FencePlan | None:
+        try:
+            data = json.loads((directory / PLAN_FILE).read_text())
+            data["addresses"] = [tuple(a) for a in data.get("addresses", [])]
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def ensure_guard(directory: Path) -> int:
+    """Start the server's fence guard unless it runs; its pid. It is a separate session so
+    that it outlives the agent (that is its purpose)."""
+    pid_file = directory / GUARD_PID_FILE
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            return pid
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "fence-guard.log").open("ab") as out:
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "vigil.agent.fenceguard", str(directory)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    pid_file.write_text(str(guard.pid))
+    log.info("fence guard started (pid %d)", guard.pid)
+    return guard.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"vigil.agent.fenceguard" in cmdline
