@@ -153,3 +153,40 @@ def app_case(workdir: Path) -> KitEnvironment:
 CASES: list[KitCase] = [
     KitCase("app", app_case),
 ]
+
+
+# --- dns: an A record on a real BIND on 127.0.0.1 ------------------------------------------
+
+
+def dns_case(workdir: Path) -> KitEnvironment:
+    """The dns kit keeping ``conformance.lab.example.`` (and its PTR) at 192.0.2.10, on a
+    BIND started on 127.0.0.1 for the case (``cleanup`` stops it).
+
+    "Stopped" for dns means the record does not point at this server's address. The kit
+    leaves the records on remove by default (as the original product does: the next
+    restore elsewhere rewrites them); the case sets ``remove_records`` so remove deletes
+    them where they still point here, which is what the sequence checks."""
+    from contextlib import ExitStack
+
+    from tests.bind_server import bind_server
+
+    stack = ExitStack()
+    bind = stack.enter_context(bind_server(network="192.0.2.0/24"))
+    name, address = "conformance", "192.0.2.10"
+    fqdn = bind.fqdn(name)
+
+    def answers() -> bool:
+        return bind.lookup(name) == {address} and fqdn in bind.ptr(address)
+
+    def gone() -> bool:
+        return address not in bind.lookup(name) and fqdn not in bind.ptr(address)
+
+    return KitEnvironment(
+        properties=bind.kit_properties(name, address, remove_records=True, request_timeout=3),
+        answers=answers,
+        gone=gone,
+        cleanup=stack.close,
+    )
+
+
+CASES.append(KitCase("dns", dns_case))
