@@ -19,18 +19,28 @@ To add a kit (say ``ip``), write one setup function and append one entry to ``CA
     CASES.append(KitCase("ip", ip_case, marks=(pytest.mark.lab,)))
 
 ``test_kits.py`` fails when a registered kit has no case, so a new kit cannot skip the suite.
+
+A kit that acts on its server's network namespace (``ip``) runs in a namespace the case
+creates: the case sets ``KitEnvironment.run`` to a runner that executes each action on an
+event loop in a thread that entered that namespace (``NamespaceLoop``). Other kits keep
+the default, which runs the action on the test's own loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +48,15 @@ from typing import Any
 import pytest
 
 from vigil.kits.process import pid_alive
+
+#: runs one kit action (a coroutine function without arguments) somewhere and returns its
+#: result: on the test's loop (``run_here``), or in a network namespace (``NamespaceLoop``)
+Runner = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def run_here(action: Callable[[], Awaitable[Any]]) -> Any:
+    """The default runner: the action runs on the test's own event loop."""
+    return await action()
 
 
 @dataclass
@@ -52,6 +71,8 @@ class KitEnvironment:
     gone: Callable[[], bool]
     #: stops whatever may still run; must not fail when nothing runs
     cleanup: Callable[[], None] = lambda: None
+    #: where the kit's actions run (default: the test's event loop)
+    run: Runner = run_here
 
 
 @dataclass(frozen=True)
@@ -149,9 +170,145 @@ def app_case(workdir: Path) -> KitEnvironment:
     )
 
 
+# --- ip: a private pair of network namespaces -------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+class NamespaceLoop:
+    """An event loop in a thread that entered the network namespace at ``netns_path``.
+
+    Network namespaces are per thread: netlink and packet sockets opened on this loop,
+    and processes started from it, live in that namespace, while the rest of the test
+    process stays where it was. ``run`` is a ``Runner``; ``close`` cancels what is left
+    on the loop (background tasks of a kit), stops it and joins the thread.
+    """
+
+    def __init__(self, netns_path: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._entered: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(netns_path,), name=f"netns {netns_path}", daemon=True
+        )
+        self._thread.start()
+        self._entered.result(timeout=10)
+
+    def _main(self, netns_path: str) -> None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            self._entered.set_exception(exc)
+            return
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._entered.set_result, None)
+        try:
+            self.loop.run_forever()
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+
+    async def run(self, action: Callable[[], Awaitable[Any]]) -> Any:
+        async def call() -> Any:
+            return await action()
+
+        future = asyncio.run_coroutine_threadsafe(call(), self.loop)
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self._thread.is_alive() and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+
+def processes_in_netns(netns_path: str) -> list[int]:
+    """Processes (other than this one) whose network namespace is the one at the path."""
+    key = os.stat(netns_path)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (key.st_dev, key.st_ino) and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def ip_case(workdir: Path) -> KitEnvironment:
+    """The ip kit in a private namespace ``server`` joined by a veth to a namespace
+    ``peer``; the switchable address must answer the peer's ping."""
+    server, peer = f"vigil-kitcase-{os.getpid()}-server", f"vigil-kitcase-{os.getpid()}-peer"
+    subnet = "198.51.100"  # TEST-NET-2: only ever inside these two namespaces
+    address = f"{subnet}.7"
+    loop: list[NamespaceLoop] = []
+
+    def cleanup() -> None:
+        for running in loop:
+            running.close()
+        for name in (server, peer):
+            sh("ip", "netns", "delete", name, check=False)
+
+    try:
+        for name in (server, peer):
+            sh("ip", "netns", "add", name)
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        veth = ["type", "veth", "peer", "name", "eth0", "netns", peer]
+        sh("ip", "-n", server, "link", "add", "eth0", *veth)
+        for name, octet in ((server, 1), (peer, 2)):
+            sh("ip", "-n", name, "addr", "add", f"{subnet}.{octet}/24", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+        loop.append(NamespaceLoop(f"/run/netns/{server}"))
+    except BaseException:
+        cleanup()
+        raise
+
+    def configured() -> bool:
+        shown = sh("ip", "-n", server, "-4", "-o", "addr", "show").stdout
+        return f" {address}/" in shown
+
+    def pings() -> bool:
+        ping = ["ping", "-n", "-q", "-c", "1", "-W", "1", address]
+        return sh("ip", "netns", "exec", peer, *ping, check=False).returncode == 0
+
+    return KitEnvironment(
+        properties={
+            "address": address,
+            "netmask": "255.255.255.0",
+            "interface": "eth0",
+            "ping_list": [f"{subnet}.2"],
+        },
+        answers=lambda: configured() and pings(),
+        gone=lambda: (
+            not configured() and not pings() and not processes_in_netns(f"/run/netns/{server}")
+        ),
+        cleanup=cleanup,
+        run=loop[0].run,
+    )
+
+
 #: every kit's conformance case
 CASES: list[KitCase] = [
     KitCase("app", app_case),
+    KitCase("ip", ip_case, marks=(pytest.mark.lab,)),
 ]
 
 

@@ -5,7 +5,8 @@ says STOPPED; restore; restore again (idempotent); the check says RUNNING and th
 really works; remove; remove again; the check says STOPPED and the resource is really
 gone; delete, twice. Every action is called as the agent calls it: through
 ``asyncio.wait_for(kit.<action>(ctx), kit.timeout(action, properties))``, with a context
-holding a real logger.
+holding a real logger, run where the case says (``KitEnvironment.run``: the test's loop,
+or a loop inside the case's network namespace).
 
 For every installed kit (cases or not): it loads, its property schema is a valid JSON
 schema, its timeouts are positive, ``describe()`` works and is JSON; and it has a case.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit_cases import CASES, KitCase, KitEnvironment
+from kit_cases import CASES, KitCase, KitEnvironment, Runner
 
 from vigil.kits.base import Action, CheckStatus, Kit, KitContext
 from vigil.kits.registry import load_kits
@@ -61,10 +62,11 @@ def make_context(kit: Kit, properties: dict[str, Any], workdir: Path) -> KitCont
     )
 
 
-async def act(kit: Kit, action: Action, ctx: KitContext) -> Any:
-    """Run one action the way the agent does: bounded by the kit's own timeout."""
+async def act(kit: Kit, action: Action, ctx: KitContext, run: Runner) -> Any:
+    """Run one action the way the agent does, bounded by the kit's own timeout, where the
+    case runs its actions (``run``)."""
     method = getattr(kit, action.value)
-    return await asyncio.wait_for(method(ctx), kit.timeout(action, ctx.properties))
+    return await run(lambda: asyncio.wait_for(method(ctx), kit.timeout(action, ctx.properties)))
 
 
 async def test_conformance_sequence(
@@ -72,27 +74,28 @@ async def test_conformance_sequence(
 ) -> None:
     kit = REGISTRY.get(case.kit)
     ctx = make_context(kit, environment.properties, tmp_path)
+    run = environment.run
 
-    assert await act(kit, Action.VALIDATE_CREATE, ctx) == []
-    check = await act(kit, Action.QUICK_CHECK, ctx)
+    assert await act(kit, Action.VALIDATE_CREATE, ctx, run) == []
+    check = await act(kit, Action.QUICK_CHECK, ctx, run)
     assert check.status is CheckStatus.STOPPED, f"before restore: {check}"
 
-    await act(kit, Action.RESTORE, ctx)
-    await act(kit, Action.RESTORE, ctx)  # idempotent
-    check = await act(kit, Action.QUICK_CHECK, ctx)
+    await act(kit, Action.RESTORE, ctx, run)
+    await act(kit, Action.RESTORE, ctx, run)  # idempotent
+    check = await act(kit, Action.QUICK_CHECK, ctx, run)
     assert check.status is CheckStatus.RUNNING, f"after restore: {check}"
     assert environment.answers(), "the kit says RUNNING but the resource does not answer"
-    check = await act(kit, Action.DEEP_CHECK, ctx)
+    check = await act(kit, Action.DEEP_CHECK, ctx, run)
     assert check.status is CheckStatus.RUNNING, f"deep check after restore: {check}"
 
-    await act(kit, Action.REMOVE, ctx)
-    await act(kit, Action.REMOVE, ctx)  # idempotent
-    check = await act(kit, Action.QUICK_CHECK, ctx)
+    await act(kit, Action.REMOVE, ctx, run)
+    await act(kit, Action.REMOVE, ctx, run)  # idempotent
+    check = await act(kit, Action.QUICK_CHECK, ctx, run)
     assert check.status is CheckStatus.STOPPED, f"after remove: {check}"
     assert environment.gone(), "the kit says STOPPED but something of the resource remains"
 
-    await act(kit, Action.DELETE, ctx)
-    await act(kit, Action.DELETE, ctx)  # idempotent
+    await act(kit, Action.DELETE, ctx, run)
+    await act(kit, Action.DELETE, ctx, run)  # idempotent
 
 
 async def test_timeouts_of_the_case_are_positive(
