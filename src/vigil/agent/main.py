@@ -25,6 +25,7 @@ from vigil.agent.daemon import Agent
 from vigil.agent.operations import Operations
 from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
+from vigil.model.policies import StopMode
 
 log = logging.getLogger("vigil.agent")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -105,7 +106,10 @@ async def run(config: AgentConfig) -> None:
     async def serve_api(agent: Agent) -> None:
         assert agent.store and agent.actor
         operations = Operations(agent.store, agent.actor.runner, agent.server)
-        app = create_app(operations, tokens)
+        def stop(leave_resources: bool) -> None:
+            agent.stop(StopMode.MAINTENANCE if leave_resources else None)
+
+        app = create_app(operations, tokens, stop)
         server = _ApiServer(
             uvicorn.Config(
                 app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off"

@@ -20,6 +20,7 @@ from vigil.model.records import (
     EventRecord,
     IntentRecord,
     ResourceRecord,
+    ServerPolicyRecord,
     cluster_from_snapshot,
     key,
 )
@@ -67,6 +68,8 @@ def change_operations(change: Change, requested_by: str, now: float) -> list[Ope
         ops.append(Put(key("commpaths", path.id), record_path.dump()))
     for path_id in change.deleted_comm_paths:
         ops.append(Delete(key("commpaths", path_id)))
+    for server, policy in sorted(change.server_policies.items()):
+        ops.append(Put(key("serverpolicy", server), ServerPolicyRecord(policy=dict(policy)).dump()))
     return ops
 
 

@@ -7,17 +7,18 @@ whose kit checks must run on the target server: they are forwarded to that serve
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Any
 
-import httpx
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from vigil import __version__
 from vigil.agent.operations import Operations, Outcome
-from vigil.api import schemas, views
-from vigil.api.auth import Authenticator, Caller
+from vigil.api import recovery, schemas, views
+from vigil.api.auth import Authenticator, Who
+from vigil.api.forward import forward_to
 from vigil.engine import changes
 from vigil.errors import (
     AuthError,
@@ -27,20 +28,11 @@ from vigil.errors import (
     ValidationError,
     VigilError,
 )
-from vigil.model.records import EventRecord, key
-
-FORWARD_TIMEOUT = 300.0
 
 
-def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    authenticator: Authenticator = request.app.state.auth
-    return authenticator.caller(authorization)
-
-
-Who = Annotated[Caller, Depends(_caller)]
-
-
-def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
+def create_app(
+    operations: Operations, auth: Authenticator, stop_agent: Callable[[bool], None] | None = None
+) -> FastAPI:
     app = FastAPI(
         title="vigil",
         version=__version__,
@@ -48,6 +40,9 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
     )
     _install_error_handlers(app)
     app.state.auth = auth
+    app.state.operations = operations
+    app.state.stop_agent = stop_agent or (lambda leave_resources: None)
+    app.include_router(recovery.router)
 
     @app.get("/v1/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -65,12 +60,6 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
             "kits": [registry.get(name).describe() for name in registry.names()],
             "errors": [str(error) for error in registry.errors],
         }
-
-    @app.get("/v1/events", response_model=list[schemas.EventView], tags=["status"])
-    async def events(who: Who, limit: int = 200) -> list[schemas.EventView]:
-        snapshot = await operations.store.get_prefix(key("events", ""))
-        records = [EventRecord.model_validate_json(kv.value) for kv in snapshot.items[-limit:]]
-        return [schemas.EventView(**r.model_dump(exclude={"schema_version"})) for r in records]
 
     # --- comm paths -----------------------------------------------------------------------
 
@@ -115,7 +104,7 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
     @app.post("/v1/resources", response_model=schemas.OperationResult, tags=["resources"])
     async def create_resource(body: schemas.ResourceCreate, who: Who, request: Request) -> Any:
         who.require("administrator", "create resources")
-        forwarded = await _forward_to(operations, body.server, request)
+        forwarded = await forward_to(operations, body.server, request)
         if forwarded is not None:
             return forwarded
         outcome = await operations.create_resource(
@@ -163,7 +152,7 @@ def create_app(operations: Operations, auth: Authenticator) -> FastAPI:
     )
     async def extend(tag: str, body: schemas.Extend, who: Who, request: Request) -> Any:
         who.require("administrator", "extend hierarchies")
-        forwarded = await _forward_to(operations, body.server, request)
+        forwarded = await forward_to(operations, body.server, request)
         if forwarded is not None:
             return forwarded
         return _result(await operations.extend(tag, body.priority, body.properties, who.name))
@@ -230,27 +219,6 @@ class _OperationFailed(VigilError):
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
         super().__init__(outcome.detail)
-
-
-async def _forward_to(operations: Operations, server: str, request: Request) -> JSONResponse | None:
-    """Forward to ``server``'s agent when it is not this one (kit checks run there)."""
-    if server == operations.server:
-        return None
-    cluster = await operations.cluster()
-    changes.require_alive(cluster, server)
-    url = cluster.servers[server].api_url + request.url.path
-    headers = {
-        "authorization": request.headers.get("authorization", ""),
-        "content-type": "application/json",
-    }
-    try:
-        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
-            answer = await client.request(
-                request.method, url, content=await request.body(), headers=headers
-            )
-    except httpx.HTTPError as exc:
-        raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc
-    return JSONResponse(answer.json(), status_code=answer.status_code)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
 
 from vigil.agent.config import TokensFile
 from vigil.errors import AuthError
@@ -48,3 +51,12 @@ class Authenticator:
             if hmac.compare_digest(known, token.strip().encode()):
                 return caller
         raise AuthError("unknown token: check the token given to vigil (--token or VIGIL_TOKEN)")
+
+
+def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    authenticator: Authenticator = request.app.state.auth
+    return authenticator.caller(authorization)
+
+
+#: the authenticated caller of a route (a FastAPI dependency)
+Who = Annotated[Caller, Depends(_caller)]

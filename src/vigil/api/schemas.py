@@ -72,6 +72,14 @@ class OutOfService(Body):
     timeout: float = Field(120.0, gt=0)
 
 
+class ConfirmFailover(Body):
+    proceed: bool = Field(description="true: let the failover proceed; false: block it")
+
+
+class StopAgent(Body):
+    leave_resources: bool = Field(False, description="maintenance: leave the resources running")
+
+
 # --- responses --------------------------------------------------------------------------------
 
 
@@ -102,6 +110,7 @@ class ResourceView(BaseModel):
     children: list[str]
     properties: dict[str, Any]
     server_properties: dict[str, dict[str, Any]]
+    policies: dict[str, Any] = Field(default_factory=dict)
     instances: list[InstanceView]
 
 
@@ -149,6 +158,7 @@ class StatusView(BaseModel):
 
 
 class EventView(BaseModel):
+    id: str = ""
     at: float
     server: str
     kind: str

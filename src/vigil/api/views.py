@@ -46,6 +46,7 @@ def resource_view(cluster: Cluster, tag: str) -> ResourceView:
         children=cluster.children(tag),
         properties=dict(resource.properties),
         server_properties={s: dict(p) for s, p in resource.server_properties.items()},
+        policies=dict(resource.policies),
         instances=instances,
     )
 

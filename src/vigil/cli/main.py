@@ -85,21 +85,6 @@ def kits(url: Url = None, token: Token = None, as_json: Json = False) -> None:
     _done(data, as_json, show)
 
 
-@app.command()
-def events(url: Url = None, token: Token = None, as_json: Json = False, limit: int = 50) -> None:
-    """The cluster event log, oldest first."""
-    data = _call("GET", f"/v1/events?limit={limit}", url, token)
-
-    def show(items: list[dict[str, Any]]) -> None:
-        import time
-
-        for e in items:
-            when = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-            output.console.print(f"{when} {e['server']:<8} {e['kind']:<18} {e['message']}")
-
-    _done(data, as_json, show)
-
-
 # --- comm paths ----------------------------------------------------------------------------------
 
 
@@ -315,8 +300,8 @@ def agent_run(
     raise typer.Exit(agent_main(config))
 
 
-def _register_lab() -> None:
-    from vigil.cli import lab_commands
+def _register() -> None:
+    from vigil.cli import lab_commands, recovery_commands  # noqa: F401  (they add commands)
 
     app.add_typer(lab_commands.app, name="lab")
 
@@ -325,7 +310,7 @@ def run() -> None:
     """Entry point: run the app, turning errors into one line and an exit code."""
     from vigil.errors import VigilError
 
-    _register_lab()
+    _register()
     try:
         code = app(standalone_mode=False)
     except CliError as exc:

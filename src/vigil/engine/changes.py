@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 
 from vigil.errors import Conflict, NotFound, ValidationError
 from vigil.model import graph
@@ -20,6 +21,14 @@ from vigil.model.names import (
     check_priority,
     next_free_priority,
     tag_problems,
+)
+from vigil.model.policies import (
+    HIERARCHY_POLICY_NAMES,
+    RESOURCE_POLICY_NAMES,
+    HierarchyPolicy,
+    ResourcePolicy,
+    ServerPolicy,
+    parse_policy,
 )
 
 
@@ -35,6 +44,8 @@ class Change:
     intent_reason: str = ""
     comm_paths: tuple[CommPath, ...] = ()
     deleted_comm_paths: tuple[str, ...] = ()
+    #: server -> its whole new policy (validated values)
+    server_policies: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     #: what the change did, for the API's answer and the event log
     summary: str = ""
 
@@ -125,6 +136,42 @@ def _merge(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, ob
         else:
             merged[name] = value
     return merged
+
+
+def update_policies(cluster: Cluster, tag: str, values: Mapping[str, object]) -> Change:
+    """Resource policies (local_recovery, failover, recovery_limit...) and, on a hierarchy's
+    root, hierarchy policies (switchback, automatic_failover, n_plus_one). None resets."""
+    resource = require_resource(cluster, tag)
+    unknown = sorted(set(values) - RESOURCE_POLICY_NAMES - HIERARCHY_POLICY_NAMES)
+    if unknown:
+        known = ", ".join(sorted(RESOURCE_POLICY_NAMES | HIERARCHY_POLICY_NAMES))
+        raise ValidationError(f"unknown policy {unknown[0]!r} for {tag}: the policies are {known}")
+    hierarchy_level = sorted((set(values) & HIERARCHY_POLICY_NAMES) - RESOURCE_POLICY_NAMES)
+    if hierarchy_level and cluster.hierarchy(tag).name != tag:
+        raise ValidationError(
+            f"{', '.join(hierarchy_level)} is set on a hierarchy: give its root, "
+            f"{cluster.hierarchy(tag).name}, not {tag}"
+        )
+    merged = _merge(resource.policies, values)
+    parse_policy(ResourcePolicy, {k: v for k, v in merged.items() if k in RESOURCE_POLICY_NAMES}, tag)
+    parse_policy(HierarchyPolicy, {k: v for k, v in merged.items() if k in HIERARCHY_POLICY_NAMES}, tag)
+    return Change(
+        resources={tag: replace(resource, policies=merged)},
+        summary=f"updated the policies of {tag}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
+    )
+
+
+def update_server_policy(cluster: Cluster, server: str, values: Mapping[str, object]) -> Change:
+    """A server's recovery and failover policies (None resets one to its default)."""
+    require_server(cluster, server)
+    current = asdict(cluster.server_policy(server))
+    merged = {k: v for k, v in _merge(current, values).items()}
+    policy = parse_policy(ServerPolicy, merged, server)
+    stored = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(policy).items()}
+    return Change(
+        server_policies={server: stored},
+        summary=f"updated the policies of {server}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
+    )
 
 
 # --- dependencies ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ qualifies the hierarchy stays out of service and the reason says why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vigil.model.cluster import Cluster, Hierarchy
 from vigil.model.policies import Switchback
@@ -135,3 +135,24 @@ def switchback_target(cluster: Cluster, hierarchy: Hierarchy) -> str | None:
     if best.server and best.server != current and prio[best.server] < prio.get(current, 1000):
         return best.server
     return None
+
+
+def what_if_down(cluster: Cluster, server: str) -> list[tuple[str, str | None, str]]:
+    """``vigil plan --fail SERVER``: for each hierarchy in service (or wanted) on ``server``,
+    where it would go if ``server`` died now: (hierarchy, target or None, why)."""
+    servers = dict(cluster.servers)
+    if server in servers:
+        servers[server] = replace(servers[server], alive=False)
+    owners = {t: o for t, o in cluster.owners.items() if o.server != server}
+    dead = replace(cluster, servers=servers, owners=owners)
+    answers: list[tuple[str, str | None, str]] = []
+    for hierarchy in dead.hierarchies:
+        if dead.intended_server(hierarchy) != server:
+            continue
+        blocked = failover_blocked(dead, hierarchy, server)
+        if blocked:
+            answers.append((hierarchy.name, None, f"stays out of service: {blocked}"))
+            continue
+        target = choose_target(dead, hierarchy, (server,))
+        answers.append((hierarchy.name, target.server, target.reason))
+    return answers

@@ -8,7 +8,7 @@ I/O; ``vigil.model.records`` converts between the store's JSON and these classes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from vigil.model import graph
@@ -278,6 +278,14 @@ class Cluster:
         """The instance state of ``tag`` on ``server`` as the cluster sees it now."""
         observed = self.observed.get((server, tag))
         known = self.servers.get(server)
+        stopped = self.stopped.get(server)
+        if known is not None and not known.alive and stopped and observed:
+            # stopped on purpose: what it reported last is still true
+            if stopped is StopMode.MAINTENANCE and observed.state.in_service:
+                why = "maintenance: the agent is stopped, the resource left running"
+                return replace(observed, state=InstanceState.ISU, reason=why)
+            if not observed.state.in_service:
+                return replace(observed, reason=f"{observed.reason} (agent stopped: {stopped})")
         if known is None or not known.alive:
             reason = "the agent of this server is not running" if known else "unknown server"
             last = f" (last reported {observed.state})" if observed else ""

@@ -1,0 +1,37 @@
+"""Forwarding a request to the agent of the server it concerns.
+
+Kit checks (create, extend) and agent control (stop) must run on the target server; any
+agent accepts the request and passes it on unchanged, token included."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from vigil.agent.operations import Operations
+from vigil.engine import changes
+from vigil.errors import StoreUnavailable
+
+FORWARD_TIMEOUT = 300.0
+
+
+async def forward_to(operations: Operations, server: str, request: Request) -> JSONResponse | None:
+    """Forward to ``server``'s agent when it is not this one (kit checks run there)."""
+    if server == operations.server:
+        return None
+    cluster = await operations.cluster()
+    changes.require_alive(cluster, server)
+    url = cluster.servers[server].api_url + request.url.path
+    headers = {
+        "authorization": request.headers.get("authorization", ""),
+        "content-type": "application/json",
+    }
+    try:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
+            answer = await client.request(
+                request.method, url, content=await request.body(), headers=headers
+            )
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc
+    return JSONResponse(answer.json(), status_code=answer.status_code)
