@@ -50,6 +50,12 @@ class Operations:
     async def cluster(self) -> Cluster:
         return await read_cluster(self.store)
 
+    def secret_fields(self, kit_name: str) -> set[str]:
+        """Properties of ``kit_name`` that the API never shows."""
+        if kit_name not in self.runner.kits.names():
+            return set()
+        return self.runner.kit(kit_name).Properties.secret_fields()
+
     async def _commit(self, cluster: Cluster, change: Change, user: str) -> int:
         revision = await apply_change(self.store, cluster, change, user)
         log.info("%s (by %s)", change.summary, user)

@@ -51,7 +51,7 @@ def create_app(
 
     @app.get("/v1/status", response_model=schemas.StatusView, tags=["status"])
     async def status(who: Who) -> schemas.StatusView:
-        return views.status_view(await operations.cluster())
+        return views.status_view(await operations.cluster(), operations.secret_fields)
 
     @app.get("/v1/kits", tags=["status"])
     async def kits(who: Who) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def create_app(
     async def show_resource(tag: str, who: Who) -> schemas.ResourceView:
         cluster = await operations.cluster()
         changes.require_resource(cluster, tag)
-        return views.resource_view(cluster, tag)
+        return views.resource_view(cluster, tag, operations.secret_fields)
 
     @app.post("/v1/resources", response_model=schemas.OperationResult, tags=["resources"])
     async def create_resource(body: schemas.ResourceCreate, who: Who, request: Request) -> Any:
@@ -119,10 +119,13 @@ def create_app(
         tag: str, body: schemas.PropertiesUpdate, who: Who
     ) -> schemas.OperationResult:
         who.require("administrator", "edit properties")
+        # a secret shown masked and sent back unchanged keeps its value
+        kept = {k: v for k, v in body.properties.items() if v != views.MASK}
+        per_server = {
+            s: {k: v for k, v in p.items() if v != views.MASK} for s, p in body.server_properties.items()
+        }
         return _result(
-            await operations.configure(
-                changes.update_properties, who.name, tag, body.properties, body.server_properties
-            )
+            await operations.configure(changes.update_properties, who.name, tag, kept, per_server)
         )
 
     @app.post("/v1/dependencies", response_model=schemas.OperationResult, tags=["resources"])

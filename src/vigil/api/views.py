@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from vigil.api.schemas import (
     CommPathView,
     HierarchyView,
@@ -15,18 +18,31 @@ from vigil.engine.status import hierarchy_status
 from vigil.model.cluster import Cluster, CommPath
 from vigil.model.states import PathState, ServerState
 
+#: which properties of a kit are secret (kit name -> field names); never shown
+Secrets = Callable[[str], set[str]]
+MASK = "********"
 
-def status_view(cluster: Cluster) -> StatusView:
+
+def no_secrets(kit: str) -> set[str]:
+    return set()
+
+
+def status_view(cluster: Cluster, secrets: Secrets = no_secrets) -> StatusView:
     return StatusView(
         revision=cluster.revision,
         servers=[server_view(cluster, name) for name in sorted(cluster.servers)],
         comm_paths=[path_view(cluster, path) for path in cluster.comm_paths],
-        hierarchies=[hierarchy_view(cluster, h.name) for h in cluster.hierarchies],
+        hierarchies=[hierarchy_view(cluster, h.name, secrets) for h in cluster.hierarchies],
     )
 
 
-def resource_view(cluster: Cluster, tag: str) -> ResourceView:
+def _masked(values: Mapping[str, Any], secret: set[str]) -> dict[str, Any]:
+    return {k: (MASK if k in secret else v) for k, v in values.items()}
+
+
+def resource_view(cluster: Cluster, tag: str, secrets: Secrets = no_secrets) -> ResourceView:
     resource = cluster.resources[tag]
+    secret = secrets(resource.kit)
     instances = []
     for server in resource.servers_by_priority:
         observed = cluster.state_of(server, tag)
@@ -44,14 +60,14 @@ def resource_view(cluster: Cluster, tag: str) -> ResourceView:
         kit=resource.kit,
         parents=cluster.parents(tag),
         children=cluster.children(tag),
-        properties=dict(resource.properties),
-        server_properties={s: dict(p) for s, p in resource.server_properties.items()},
+        properties=_masked(resource.properties, secret),
+        server_properties={s: _masked(p, secret) for s, p in resource.server_properties.items()},
         policies=dict(resource.policies),
         instances=instances,
     )
 
 
-def hierarchy_view(cluster: Cluster, name: str) -> HierarchyView:
+def hierarchy_view(cluster: Cluster, name: str, secrets: Secrets = no_secrets) -> HierarchyView:
     hierarchy = cluster.hierarchy(name)
     status = hierarchy_status(cluster, hierarchy)
     # parents before children, as the seed's tree shows them
@@ -68,7 +84,7 @@ def hierarchy_view(cluster: Cluster, name: str) -> HierarchyView:
         reason=status.reason,
         active_server=status.active_server,
         wanted_on=cluster.intended_server(hierarchy),
-        resources=[resource_view(cluster, tag) for tag in order],
+        resources=[resource_view(cluster, tag, secrets) for tag in order],
     )
 
 
