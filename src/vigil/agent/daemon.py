@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from vigil.agent import intents
+from vigil.agent import housekeeping, intents
 from vigil.agent.actor import Actor
 from vigil.agent.config import AgentConfig
 from vigil.agent.cycle import Cycle
@@ -95,6 +95,7 @@ class Agent:
             asyncio.create_task(self.cycle.watch(), name="watch"),
             asyncio.create_task(self.cycle.loop(), name="loop"),
             asyncio.create_task(paths.run(lambda: self.cluster), name="paths"),
+            asyncio.create_task(housekeeping.run(self.store, self.server, lambda: self.cluster)),
         ]
         api = asyncio.create_task(serve_api(self), name="api") if serve_api else None
         log.info("agent of %s started (store %s, api %s)", self.server, self.config.store, self.config.api.url)
