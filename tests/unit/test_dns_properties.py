@@ -142,6 +142,7 @@ def test_schema_marks_the_secret_and_the_per_server_address() -> None:
     assert schema["properties"]["tsig_secret"]["secret"] is True
     assert schema["properties"]["tsig_secret"]["writeOnly"] is True
     assert DnsProperties.per_server_fields() == {"address"}
+    assert DnsProperties.secret_fields() == {"tsig_secret"}
     assert "tsig_secret" in schema["required"] and "address" in schema["required"]
 
 
