@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 
 from vigil.errors import LabError
-from vigil.lab import files, namespaces, network, processes, teardown
+from vigil.lab import clients, files, namespaces, network, processes, teardown
+from vigil.lab.clients import ClientInfo
 from vigil.lab.info import LabInfo, LabStatus, ServerInfo
 from vigil.lab.naming import (
     API_PORT,
@@ -117,6 +118,7 @@ class Lab:
         if self.names.bridge in network.link_names():
             found.append(f"bridge {self.names.bridge}")
         found += [f"netns {n}" for n in teardown.lab_netns(self.names, None)]
+        found += [f"netns {n}" for n in clients.netns_names(self.names)]
         if found:
             raise LabError(
                 f"lab {self.name} exists already ({', '.join(found)}); remove it with "
@@ -238,6 +240,22 @@ class Lab:
         if namespaces.ns_key_of_kind(mount_ns, "mnt") is None:
             raise LabError(f"server {server} of lab {self.name} has no mount namespace")
         return namespaces.nsenter_argv(netns_path, mount_ns, [])
+
+    # -- clients: hosts outside the cluster ----------------------------------------------
+    def add_client(self, client: str = "client1") -> ClientInfo:
+        """Add ``client`` (``client1``..``client50``): a network namespace on the lab's
+        bridge with address ``10.213.I.(199+K)``, to reach the cluster from outside.
+        ``down`` removes it. See ``vigil.lab.clients``."""
+        _require_root()
+        return clients.add(self.names, client)
+
+    def client_exec(
+        self, client: str, argv: list[str], **kwargs: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` inside ``client``'s network namespace and wait (``kwargs`` go to
+        ``subprocess.run``)."""
+        argv = clients.enter_argv(self.names, client, argv)
+        return subprocess.run(argv, check=kwargs.pop("check", False), **kwargs)
 
     # -- agents ------------------------------------------------------------------------
     def start_agent(self, server: str, *, wait: bool = True) -> int:

@@ -6,7 +6,10 @@ One lab called ``NAME`` with subnet index ``I`` and servers ``node1..nodeN`` own
 - network namespaces ``vigil-NAME-nodeK`` (files in ``/run/netns``);
 - bridge ``vigil-NAME`` on the host, with address ``10.213.I.254/24``;
 - host-side veths ``vl-NAME-K`` (their peers are ``eth0`` inside the servers);
-- server addresses ``10.213.I.K/24``.
+- server addresses ``10.213.I.K/24``;
+- for clients ``clientK`` (hosts outside the cluster, ``Lab.add_client``): network
+  namespaces ``vigil-NAME-clientK``, host-side veths ``vc-NAME-K``, addresses
+  ``10.213.I.(199+K)/24``.
 
 ``down`` finds leftovers by these names alone, so the rules must stay unambiguous: a lab
 name is a short lower-case label, and every pattern ends in digits, so lab ``a`` never
@@ -29,12 +32,16 @@ HOST_OCTET = 254
 #: Linux interface names have at most 15 characters; ``vl-NAME-KK`` must fit
 NAME_MAX = 9
 MAX_SERVERS = 99
+#: client K has address ``10.213.I.(CLIENT_OCTET_BASE + K)``, above every server's
+CLIENT_OCTET_BASE = 199
+MAX_CLIENTS = 50
 API_PORT = 7480
 NETNS_DIR = Path("/run/netns")
 RUN_DIR = Path("/run")
 
 _LAB_NAME = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
 _SERVER = re.compile(r"^node([1-9][0-9]*)$")
+_CLIENT = re.compile(r"^client([1-9][0-9]*)$")
 
 
 def check_lab_name(name: str) -> str:
@@ -64,6 +71,21 @@ def server_number(server: str) -> int:
     if not is_server_name(server):
         raise LabError(f"{server!r} is not a lab server name: lab servers are node1..node99")
     return int(server[len("node") :])
+
+
+def is_client_name(client: str) -> bool:
+    """Whether ``client`` is a lab client name (``client1``..``client50``)."""
+    match = _CLIENT.match(client)
+    return match is not None and int(match.group(1)) <= MAX_CLIENTS
+
+
+def client_number(client: str) -> int:
+    """The number of a client named ``clientK``; ``LabError`` for any other name."""
+    if not is_client_name(client):
+        raise LabError(
+            f"{client!r} is not a lab client name: lab clients are client1..client{MAX_CLIENTS}"
+        )
+    return int(client[len("client") :])
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,22 @@ class LabNames:
         return netns_name[len(f"vigil-{self.name}-") :]
 
     def is_host_veth(self, ifname: str) -> bool:
-        return re.fullmatch(rf"vl-{re.escape(self.name)}-[0-9]+", ifname) is not None
+        """Whether ``ifname`` is a host-side veth of the lab (a server's or a client's)."""
+        return re.fullmatch(rf"v[lc]-{re.escape(self.name)}-[0-9]+", ifname) is not None
+
+    def client_netns(self, client: str) -> str:
+        return f"vigil-{self.name}-{client}"
+
+    def client_veth(self, client: str) -> str:
+        return f"vc-{self.name}-{client_number(client)}"
+
+    def client_address(self, client: str) -> str:
+        return f"{SUBNET_PREFIX}.{self.subnet_index}.{CLIENT_OCTET_BASE + client_number(client)}"
+
+    def is_client_netns(self, netns_name: str) -> bool:
+        """Whether ``netns_name`` follows this lab's client naming (``vigil-NAME-clientK``)."""
+        prefix = f"vigil-{self.name}-"
+        return netns_name.startswith(prefix) and is_client_name(netns_name[len(prefix) :])
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from vigil.lab import namespaces, network, processes
+from vigil.lab import clients, namespaces, network, processes
 from vigil.lab.files import LabState
 from vigil.lab.naming import NETNS_DIR, LabNames
 
@@ -91,7 +91,7 @@ def detach_loop_devices(root: Path) -> list[str]:
 
 def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     """Remove everything of the lab; returns one message per part that could not go."""
-    netns_names = lab_netns(names, state)
+    netns_names = lab_netns(names, state) + clients.netns_names(names)
     agent_pids = [] if state is None else [s.agent_pid for s in state.servers.values()]
     problems = stop_processes(
         namespace_keys(names, netns_names), [p for p in agent_pids if p is not None]

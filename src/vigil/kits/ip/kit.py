@@ -103,7 +103,7 @@ class IpKit(Kit):
         """Configuration checks here, then an ARP probe for another owner of the address."""
         p = _props(ctx)
         view = await netlink.read_view()
-        problems = config_problems(view, p, ctx.server)
+        problems = config_problems(view, p, ctx.server, _linkdown_ignored(p))
         if not problems:
             link = view.link(p.interface)
             if link is not None and link.uses_arp:
@@ -126,12 +126,14 @@ class IpKit(Kit):
             )
             proposed["backup_interface"] = None
         final = p.model_copy(update=proposed)
-        return ExtendCheck(problems=config_problems(view, final, ctx.server), proposed=proposed)
+        problems = config_problems(view, final, ctx.server, _linkdown_ignored(final))
+        return ExtendCheck(problems=problems, proposed=proposed)
 
     async def extend(self, ctx: KitContext) -> None:
         """Check the final per-server properties once more; FATAL when they cannot work."""
         p = _props(ctx)
-        problems = config_problems(await netlink.read_view(), p, ctx.server)
+        view = await netlink.read_view()
+        problems = config_problems(view, p, ctx.server, _linkdown_ignored(p))
         if problems:
             raise KitError(
                 f"ip resource {ctx.tag} cannot be extended to {ctx.server}: " + "; ".join(problems),
@@ -284,6 +286,10 @@ def _props(ctx: KitContext) -> IpProperties:
             Severity.FATAL,
         )
     return ctx.properties
+
+
+def _linkdown_ignored(p: IpProperties) -> bool:
+    return p.backup_interface is None or netlink.ignores_linkdown_routes(p.interface)
 
 
 def _duplicate(ip: IPv4Address, owner: str, ifname: str, server: str) -> str:

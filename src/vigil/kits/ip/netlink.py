@@ -17,13 +17,23 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute, NetlinkError
 
 from vigil.errors import KitError, Severity
 
-__all__ = ["Address", "Link", "NetView", "add_address", "delete_address", "gateways", "read_view"]
+__all__ = [
+    "Address",
+    "Link",
+    "NetView",
+    "add_address",
+    "delete_address",
+    "gateways",
+    "ignores_linkdown_routes",
+    "read_view",
+]
 
 IFF_UP = 0x1
 IFF_NOARP = 0x80
@@ -206,3 +216,18 @@ async def gateways(link: Link, network: IPv4Network) -> list[IPv4Address]:
             if ip in network and ip not in found:
                 found.append(ip)
     return found
+
+
+def ignores_linkdown_routes(ifname: str) -> bool:
+    """Whether routes through ``ifname`` are ignored while its link is down
+    (``net.ipv4.conf.{all,IFNAME}.ignore_routes_with_linkdown``): without that, replies
+    keep leaving through a dead primary interface after the address moved to the backup
+    interface. Reads ``/proc/sys/net``, which shows the calling thread's namespace."""
+    for scope in ("all", ifname):
+        path = Path("/proc/sys/net/ipv4/conf") / scope / "ignore_routes_with_linkdown"
+        try:
+            if path.read_text().strip() not in ("", "0"):
+                return True
+        except OSError:
+            continue
+    return False

@@ -74,13 +74,25 @@ def already_configured(view: NetView, p: IpProperties, server: str) -> list[str]
     ]
 
 
-def config_problems(view: NetView, p: IpProperties, server: str) -> list[str]:
+def config_problems(
+    view: NetView, p: IpProperties, server: str, linkdown_ignored: bool = True
+) -> list[str]:
     """Every configuration problem of ``p`` on ``server``, except duplicate detection
-    (which needs the network: see ``kit.IpKit.validate_create``)."""
+    (which needs the network: see ``kit.IpKit.validate_create``). ``linkdown_ignored``:
+    whether routes through the interface are ignored while its link is down (a backup
+    interface on the same subnet needs it)."""
     problems = already_configured(view, p, server)
     problems += interface_problems(view, p, server, p.interface)
     if p.backup_interface is not None:
         problems += interface_problems(view, p, server, p.backup_interface, "backup_interface")
+        if not linkdown_ignored:
+            problems.append(
+                f"backup_interface {p.backup_interface} cannot take the address over on "
+                f"{server} while {p.interface}'s link is down: replies would still leave "
+                f"through {p.interface}; set net.ipv4.conf.{p.interface}."
+                "ignore_routes_with_linkdown=1 (or net.ipv4.conf.all....) with sysctl, or "
+                "leave backup_interface empty"
+            )
     return problems
 
 
