@@ -118,11 +118,19 @@ async def embedded_backend(workdir: Path) -> AsyncIterator[Backend]:
         await backend.close_clients()
 
 
+def etcd_backend(workdir: Path) -> AbstractAsyncContextManager[Backend]:
+    """A fresh single-member etcd on loopback (``tests/etcd_server.py``)."""
+    from tests.etcd_server import etcd_contract_backend  # importable once collected
+
+    return etcd_contract_backend(Backend, workdir)
+
+
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Backend]]
 
 #: every backend the contract suite runs against
 BACKENDS: dict[str, BackendFactory] = {
     "embedded": embedded_backend,
+    "etcd": etcd_backend,
 }
 
 
