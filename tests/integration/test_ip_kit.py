@@ -22,8 +22,10 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +305,7 @@ def test_delete_takes_the_address_away(lab: tuple[Lab, LabInfo], api: Api) -> No
 
 SUBNET = "198.51.100"
 ADDRESS = f"{SUBNET}.7"
+STATE = Path(tempfile.gettempdir()) / f"vigil-tipn-{os.getpid()}"
 
 
 class Namespaces:
@@ -392,6 +395,7 @@ def ns() -> Iterator[Namespaces]:
         server = f"/run/netns/{made.server}"
         left = processes_in_netns(server) if Path(server).exists() else []
         made.close()
+        shutil.rmtree(STATE, ignore_errors=True)
         assert not left, f"processes left in the server namespace: {left}"
 
 
@@ -405,7 +409,7 @@ def context(**values: Any) -> KitContext:
         server="server",
         properties=KIT.parse_properties(properties),
         log=logging.getLogger("vigil.kit.ip.vip"),
-        state_dir=Path("/nonexistent/vip"),
+        state_dir=STATE / "kits" / "vip",
         epoch=1,
     )
 
@@ -486,6 +490,18 @@ async def test_a_backup_interface_needs_linkdown_routes_ignored(ns: Namespaces) 
     assert await run(ns, "validate_create", context()) == []
     ns.in_server("sysctl", "-qw", "net.ipv4.conf.eth0.ignore_routes_with_linkdown=1")
     assert await run(ns, "validate_create", ctx) == []
+
+
+async def test_remove_deletes_the_address_configured_before_an_edit(ns: Namespaces) -> None:
+    await run(ns, "restore", context())
+    assert (STATE / "kits" / "vip" / "configured-address").read_text() == f"{ADDRESS}\n"
+    edited = context(address=f"{SUBNET}.8")
+    assert (await run(ns, "quick_check", edited)).status is CheckStatus.STOPPED
+    await run(ns, "remove", edited)
+    assert ns.where() == []
+    assert not (STATE / "kits" / "vip" / "configured-address").exists()
+    await run(ns, "delete", edited)
+    assert not (STATE / "kits" / "vip").exists()
 
 
 async def test_recover_re_adds_a_deleted_address(ns: Namespaces) -> None:

@@ -34,6 +34,7 @@ class ClientInfo:
 
 
 def info(names: LabNames, client: str) -> ClientInfo:
+    """The names and address of ``client`` (whether it exists or not)."""
     netns = names.client_netns(client)
     return ClientInfo(client, names.client_address(client), netns, NETNS_DIR / netns)
 

@@ -169,6 +169,7 @@ class Announcer:
         task.add_done_callback(lambda done: self._forget(tag, done))
 
     def pending(self, tag: str) -> bool:
+        """Whether a repetition for ``tag`` is still to come."""
         task = self._tasks.get(tag)
         return task is not None and not task.done()
 

@@ -21,8 +21,10 @@ restore        picks the interface (the backup interface if the interface cannot
                answers), adds the address over netlink (already there: fine),
                announces it by gratuitous ARP at once and again ``ANNOUNCE_AGAIN`` s
                later in the background
-remove         deletes the address from every interface it is on; idempotent; cancels
-               a pending announcement; raises HARD only after trying every deletion
+remove         deletes the address from every interface it is on (and the one the last
+               restore noted in the state directory, should ``address`` have been edited
+               since); idempotent; cancels a pending announcement; raises HARD only
+               after trying every deletion
 quick_check    address on the interface or backup interface with the link up: RUNNING;
                absent: STOPPED; on a link that is down or on another interface: FAILED
 deep_check     the quick check, then pings the ping list (or the subnet's gateway, when
@@ -42,6 +44,7 @@ only ``deep_check`` starts processes (``ping``), through ``kits.process.run_comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from ipaddress import IPv4Address
 from typing import ClassVar
 
@@ -68,10 +71,12 @@ from vigil.kits.ip.validation import (
 )
 from vigil.kits.process import run_command
 
-__all__ = ["PING_TIMEOUT", "IpKit"]
+__all__ = ["CONFIGURED_FILE", "PING_TIMEOUT", "IpKit"]
 
 #: seconds ``ping`` waits for each deep-check target's answer
 PING_TIMEOUT = 1
+#: the file in the resource's state directory naming the address restore configured
+CONFIGURED_FILE = "configured-address"
 
 
 class IpKit(Kit):
@@ -141,8 +146,10 @@ class IpKit(Kit):
             )
 
     async def delete(self, ctx: KitContext) -> None:
-        """Nothing to clean up on the server; a pending announcement is cancelled."""
+        """Nothing was created on the server: a pending announcement is cancelled and the
+        note of the configured address is removed. Idempotent."""
         await self._announcer.stop(ctx.tag)
+        await asyncio.to_thread(_forget_configured, ctx)
 
     def fence_actions(self, ctx: KitContext) -> FenceActions:
         """The fence guard deletes the address from the interface and the backup
@@ -180,16 +187,23 @@ class IpKit(Kit):
         after trying every deletion, if it is still configured."""
         p = _props(ctx)
         await self._announcer.stop(ctx.tag)
+        ips = {p.address}
+        noted = await _configured(ctx)
+        if noted is not None and noted != p.address:
+            ctx.log.info("%s: removing %s too, configured before a property change", ctx.tag, noted)
+            ips.add(noted)
         view = await netlink.read_view()
         failures = []
-        for address in view.find(p.address):
+        for address in [a for a in view.addresses if a.ip in ips]:
             try:
                 if await netlink.delete_address(address):
                     ctx.log.info("%s: deleted %s from %s", ctx.tag, address.interface, address.link)
             except KitError as exc:
                 failures.append(str(exc))
-        left = (await netlink.read_view()).find(p.address)
-        if left:
+        left = [a for a in (await netlink.read_view()).addresses if a.ip in ips]
+        if not left:
+            await asyncio.to_thread(_forget_configured, ctx)
+        else:
             where = ", ".join(f"{a.interface} on {a.link}" for a in left)
             detail = f" ({'; '.join(failures)})" if failures else ""
             raise KitError(
@@ -262,6 +276,7 @@ class IpKit(Kit):
         for address in view.find(p.address):
             if address.link != link.name or address.interface != p.vip:
                 await netlink.delete_address(address)
+        await _note_configured(ctx, p.address)
         if await netlink.add_address(link, p.vip):
             ctx.log.info("%s: added %s to %s", ctx.tag, p.shown, link.name)
         if not link.uses_arp:
@@ -272,6 +287,7 @@ class IpKit(Kit):
             ctx.log.warning("%s: announcing %s failed: %s", ctx.tag, p.address, exc)
 
         async def still_there() -> bool:
+            """Whether the address is still on ``link`` (not removed or moved since)."""
             current = await netlink.read_view()
             return any(a.link == link.name for a in current.find(p.address))
 
@@ -286,6 +302,36 @@ def _props(ctx: KitContext) -> IpProperties:
             Severity.FATAL,
         )
     return ctx.properties
+
+
+async def _note_configured(ctx: KitContext, ip: IPv4Address) -> None:
+    """Note the address about to be configured (in the resource's state directory), so
+    that ``remove`` deletes it even if the ``address`` property is edited meanwhile."""
+
+    def write() -> None:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.state_dir / CONFIGURED_FILE).write_text(f"{ip}\n")
+
+    try:
+        await asyncio.to_thread(write)
+    except OSError as exc:
+        ctx.log.warning("%s: cannot note the configured address: %s", ctx.tag, exc)
+
+
+def _forget_configured(ctx: KitContext) -> None:
+    """Remove the note of the configured address, and the state directory if empty."""
+    (ctx.state_dir / CONFIGURED_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        ctx.state_dir.rmdir()
+
+
+async def _configured(ctx: KitContext) -> IPv4Address | None:
+    """The address noted by the last restore here, if any."""
+    try:
+        text = await asyncio.to_thread((ctx.state_dir / CONFIGURED_FILE).read_text)
+        return IPv4Address(text.strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _linkdown_ignored(p: IpProperties) -> bool:

@@ -80,10 +80,12 @@ class Address:
 
     @property
     def ip(self) -> IPv4Address:
+        """The address without its prefix length."""
         return self.interface.ip
 
     @property
     def network(self) -> IPv4Network:
+        """The subnet the address defines on its link."""
         return self.interface.network
 
 
@@ -95,6 +97,7 @@ class NetView:
     addresses: tuple[Address, ...] = ()
 
     def link(self, name: str) -> Link | None:
+        """The link called ``name``, None when there is none."""
         return self.links.get(name)
 
     def find(self, ip: IPv4Address) -> list[Address]:
