@@ -150,7 +150,10 @@ class Operations:
         change = replace(change, resources=resources)
         for resource in resources.values():
             kit, ctx = self.runner.resource_context(resource)
-            await self.runner.run(Action.EXTEND, kit, ctx, kit.extend)
+            try:
+                await self.runner.run(Action.EXTEND, kit, ctx, kit.extend)
+            except KitError as exc:
+                raise ValidationError(f"cannot extend {tag} to {self.server}: {exc}") from exc
         revision = await self._commit(cluster, change, user)
         return Outcome(change.summary, revision=revision)
 
@@ -170,8 +173,11 @@ class Operations:
         candidate = _with_server_properties(resource, self.server, values)
         check = await self.runner.can_extend(candidate, candidate.properties_on(self.server))
         proposed = {k: v for k, v in check.proposed.items() if k not in override}
-        values.update(proposed)
-        candidate = _with_server_properties(resource, self.server, values)
+        if proposed:
+            # the kit proposed values: check again with exactly what will be stored
+            values.update(proposed)
+            candidate = _with_server_properties(resource, self.server, values)
+            check = await self.runner.can_extend(candidate, candidate.properties_on(self.server))
         problems = [f"{resource.tag}: {p}" for p in check.problems]
         problems += [
             f"{resource.tag}: {p}" for p in self.check_properties(cluster, candidate, self.server)
