@@ -15,6 +15,10 @@ etcd's defaults), and a new leader is elected within about a second.
         store = await open_store(etcd.url)
         etcd.kill(etcd.leader())
 
+``options=EtcdOptions(tls=True)`` serves clients over https only, with a fresh CA and
+certificates made with ``openssl`` and ``--client-cert-auth`` (``cluster.url`` then carries
+the ``ca_file``, ``cert_file`` and ``key_file`` options); ``extra`` adds flags.
+
 If ``etcd`` is not installed, the tests that need it FAIL (they never skip) with a message
 saying how to install it.
 """
@@ -29,6 +33,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -36,7 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +53,8 @@ from vigil.store import Store, open_store
 __all__ = [
     "EtcdCluster",
     "EtcdMember",
+    "EtcdOptions",
+    "TlsFiles",
     "etcd_cluster",
     "etcd_contract_backend",
     "etcd_processes",
@@ -56,8 +63,6 @@ __all__ = [
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-HEARTBEAT_MS = 50
-ELECTION_MS = 500
 INSTALL_HINT = (
     "etcd is not installed, and the etcd store tests need a real etcd server: install it"
     " with `apt-get install -y etcd-server etcd-client` (scripts/test.sh does it through"
@@ -65,8 +70,35 @@ INSTALL_HINT = (
 )
 
 B = TypeVar("B")
-#: no proxy from the environment between the tests and a loopback etcd
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA, the members' certificate (127.0.0.1) and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def url_options(self) -> str:
+        return f"ca_file={self.ca}&cert_file={self.client_cert}&key_file={self.client_key}"
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How the members run: timing (milliseconds), TLS, and any extra flags."""
+
+    heartbeat_ms: int = 50
+    election_ms: int = 500
+    tls: bool = False
+    extra: tuple[str, ...] = ()
 
 
 def require_etcd() -> str:
@@ -85,6 +117,8 @@ class EtcdMember:
     client_port: int
     peer_port: int
     directory: Path
+    options: EtcdOptions = field(default_factory=EtcdOptions)
+    tls: TlsFiles | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,7 +127,7 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.locator}"
+        return f"{'https' if self.tls else 'http'}://{self.locator}"
 
     @property
     def peer_url(self) -> str:
@@ -123,11 +157,19 @@ class EtcdMember:
             f"--initial-cluster={initial_cluster}",
             f"--initial-cluster-token={token}",
             "--initial-cluster-state=new",
-            f"--heartbeat-interval={HEARTBEAT_MS}",
-            f"--election-timeout={ELECTION_MS}",
+            f"--heartbeat-interval={self.options.heartbeat_ms}",
+            f"--election-timeout={self.options.election_ms}",
             "--logger=zap",
             f"--log-outputs={self.log_file}",
+            *self.options.extra,
         ]
+        if self.tls is not None:
+            command += [
+                f"--cert-file={self.tls.server_cert}",
+                f"--key-file={self.tls.server_key}",
+                f"--trusted-ca-file={self.tls.ca}",
+                "--client-cert-auth",
+            ]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -157,7 +199,7 @@ class EtcdMember:
     def healthy(self) -> bool:
         """Does this member answer ``/health`` with a leader elected?"""
         try:
-            with _OPENER.open(self.client_url + "/health", timeout=0.5) as answer:
+            with self._opener().open(self.client_url + "/health", timeout=0.5) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -165,9 +207,23 @@ class EtcdMember:
     def status(self) -> dict[str, Any]:
         """``/v3/maintenance/status`` of this member (its id, the leader's id...)."""
         request = urllib.request.Request(self.client_url + "/v3/maintenance/status", b"{}")
-        with _OPENER.open(request, timeout=2) as answer:
+        with self._opener().open(request, timeout=2) as answer:
             result: dict[str, Any] = json.loads(answer.read())
             return result
+
+    def http(self) -> httpx.AsyncClient:
+        """An HTTP client for this member's gateway (no proxy, TLS files when needed)."""
+        verify: ssl.SSLContext | bool = self.tls.context() if self.tls else True
+        return httpx.AsyncClient(
+            base_url=self.client_url, verify=verify, trust_env=False, timeout=5
+        )
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        # No proxy from the environment between the tests and a loopback etcd.
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.tls.context()))
+        return urllib.request.build_opener(*handlers)
 
     def member_id(self) -> str:
         return str(self.status()["header"]["member_id"])
@@ -192,8 +248,10 @@ class EtcdCluster:
 
     @property
     def url(self) -> str:
-        """The ``open_store`` URL naming every member."""
-        return "etcd://" + ",".join(m.locator for m in self.members)
+        """The ``open_store`` URL naming every member (with the TLS files when TLS)."""
+        hosts = ",".join(m.locator for m in self.members)
+        tls = self.members[0].tls
+        return f"etcds://{hosts}?{tls.url_options()}" if tls else f"etcd://{hosts}"
 
     def start(self) -> None:
         """Start every member that is not running and wait until all are healthy."""
@@ -237,8 +295,8 @@ class EtcdCluster:
         """Drop history before ``revision`` (``POST /v3/kv/compaction``, physical)."""
         member = next(m for m in self.members if m.running)
         body = {"revision": str(revision), "physical": True}
-        async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
-            answer = await http.post(member.client_url + "/v3/kv/compaction", json=body)
+        async with member.http() as http:
+            answer = await http.post("/v3/kv/compaction", json=body)
             answer.raise_for_status()
 
     def stop(self) -> None:
@@ -264,17 +322,23 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(directory: Path | None = None, *, members: int = 1) -> Iterator[EtcdCluster]:
+def etcd_cluster(
+    directory: Path | None = None, *, members: int = 1, options: EtcdOptions | None = None
+) -> Iterator[EtcdCluster]:
     """Running etcd members on loopback; killed and their directories removed on exit."""
     require_etcd()
+    options = options or EtcdOptions()
     base = Path(tempfile.mkdtemp(prefix="vigil-etcd-", dir=directory and _made(directory)))
     cluster: EtcdCluster | None = None
     try:
+        tls = make_certificates(base / "tls") if options.tls else None
         for attempt in range(5):
             ports = _free_ports(2 * members)
             cluster = EtcdCluster(
                 [
-                    EtcdMember(f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"m{i}")
+                    EtcdMember(
+                        f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"m{i}", options, tls
+                    )
                     for i in range(members)
                 ],
                 token=f"vigil-test-{os.getpid()}-{time.monotonic_ns()}",
@@ -282,18 +346,53 @@ def etcd_cluster(directory: Path | None = None, *, members: int = 1) -> Iterator
             try:
                 cluster.start()
                 break
-            except RuntimeError:
+            except RuntimeError as exc:
                 cluster.stop()
-                if attempt == 4:
+                if attempt == 4 or "address already in use" not in str(exc):
                     raise
-                shutil.rmtree(base, ignore_errors=True)  # a port was taken: try others
-                base.mkdir()
+                for member in cluster.members:  # a port was taken meanwhile: try others
+                    shutil.rmtree(member.directory, ignore_errors=True)
         assert cluster is not None
         yield cluster
     finally:
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def make_certificates(directory: Path) -> TlsFiles:
+    """A CA and two certificates it signs, made with the ``openssl`` command."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not installed: apt-get install -y openssl", pytrace=False)
+    directory.mkdir(parents=True)
+    files = TlsFiles(*(directory / name for name in _TLS_NAMES))
+    subject = "/CN=vigil test CA"
+    _openssl("req", "-x509", *_NEW_KEY, "-keyout", files.ca.with_suffix(".key"),
+             "-out", files.ca, "-days", "2", "-subj", subject)  # fmt: skip
+    for cert, key, extensions in (
+        (files.server_cert, files.server_key, _SERVER_EXTENSIONS),
+        (files.client_cert, files.client_key, "extendedKeyUsage=clientAuth\n"),
+    ):
+        request, extfile = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+        extfile.write_text(extensions)
+        _openssl("req", "-new", *_NEW_KEY, "-keyout", key, "-out", request, "-subj", "/CN=vigil")
+        _openssl("x509", "-req", "-in", request, "-CA", files.ca, "-CAkey",
+                 files.ca.with_suffix(".key"), "-CAcreateserial", "-out", cert, "-days", "2",
+                 "-extfile", extfile)  # fmt: skip
+    return files
+
+
+_TLS_NAMES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+_NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+# The gateway inside etcd connects to etcd's own gRPC port with the server certificate as
+# its client certificate, so with --client-cert-auth it needs clientAuth as well.
+_SERVER_EXTENSIONS = (
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+)
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
 
 
 @asynccontextmanager

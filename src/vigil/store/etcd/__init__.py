@@ -58,7 +58,7 @@ from vigil.store.base import (
     WatchEvent,
 )
 from vigil.store.etcd import codec
-from vigil.store.etcd.client import Credentials, GatewayClient
+from vigil.store.etcd.client import PERMISSION_DENIED, Credentials, GatewayClient, GatewayError
 from vigil.store.etcd.watch import WatchItem, pump
 
 __all__ = ["EtcdStore"]
@@ -115,6 +115,7 @@ class EtcdStore(Store):
         try:
             probe = await store.grant_lease(1)
             await store.revoke_lease(probe.id)
+            await store._check_access()
         except BaseException:
             await store.close()
             raise
@@ -224,6 +225,15 @@ class EtcdStore(Store):
         await self._client.aclose()
 
     # --- plumbing -------------------------------------------------------------------
+
+    async def _check_access(self) -> None:
+        """Fail at open, not at the first read, when etcd wants credentials (lease calls
+        need none). A user without permission on this probe's key is still let in."""
+        try:
+            await self._call("/v3/kv/range", {"key": codec.encode(b"\0"), "count_only": True})
+        except GatewayError as exc:
+            if exc.code != PERMISSION_DENIED:
+                raise
 
     def _check_open(self) -> None:
         if self._closed:

@@ -4,12 +4,14 @@
 ``httpx.AsyncClient``. It knows nothing of the store contract: it posts JSON, returns JSON,
 and turns every failure into one of vigil's errors, naming the endpoint.
 
-Failover: endpoints are tried in order, starting from the one that answered last. A call
-moves on to the next endpoint when the current one cannot be connected to (nothing was
-sent, so trying elsewhere is always safe). When an endpoint accepted the request but gave no
-answer in time, or answered "no leader" / "timed out", only *idempotent* calls (reads,
-lease renewals and revocations) move on; a write raises ``StoreUnavailable`` at once, since
-it may have been applied and the contract leaves the retry to the caller.
+Failover: endpoints are tried in order, starting from the one that answered last, within
+one request timeout for the whole call. A call moves on to the next endpoint when the
+current one cannot be connected to (nothing was sent, so trying elsewhere is always safe).
+When an endpoint accepted the request but gave no answer in time, or answered "no leader" /
+"timed out", only *idempotent* calls (reads, lease grants, renewals and revocations) move
+on, each endpoint getting an equal share of the time left; a write raises
+``StoreUnavailable`` at once, since it may have been applied and the contract leaves the
+retry to the caller.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ JSON = dict[str, Any]
 
 #: gRPC status codes etcd returns through the gateway (``{"code": N, "message": ...}``)
 _NOT_FOUND = 5
+PERMISSION_DENIED = 7
 _UNAUTHENTICATED = 16
 _RETRYABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE (no leader, timed out)
 #: messages meaning "authenticate again": the token expired or the auth store changed
@@ -112,9 +115,12 @@ class GatewayClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            connect_timeout = remaining / (len(order) - tried)  # leave time for the others
+            # Leave time for the other endpoints: a write gets all of it once sent, since it
+            # is never sent to another endpoint after that.
+            share = remaining / (len(order) - tried)
+            timeout = share if idempotent else remaining
             try:
-                return await self._call_endpoint(endpoint, path, body, remaining, connect_timeout)
+                return await self._call_endpoint(endpoint, path, body, timeout, share)
             except _Unreachable as exc:
                 problems.append(f"{endpoint}: {exc}")
                 self._failed(index)
@@ -291,7 +297,20 @@ class GatewayClient:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in a few words: the most specific error in the chain."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timed out"
-    text = str(exc)
-    return text if text else type(exc).__name__
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for error in chain:
+        if isinstance(error, ssl.SSLError):
+            return f"TLS failed ({error}); check ca_file, cert_file and key_file"
+    deepest = next((error for error in reversed(chain) if str(error)), exc)
+    if isinstance(deepest, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(deepest, BrokenPipeError | ConnectionResetError):
+        return f"connection closed by etcd ({deepest}; a TLS member may require cert_file/key_file)"
+    return str(deepest) or type(deepest).__name__
