@@ -347,3 +347,66 @@ def dns_case(workdir: Path) -> KitEnvironment:
 
 
 CASES.append(KitCase("dns", dns_case))
+
+
+# --- volume: a loop device, mounted in a private mount namespace --------------------------
+
+
+def volume_case(workdir: Path) -> KitEnvironment:
+    """The volume kit on a loop device onto an ext4 image (multi-mount protection on),
+    its actions run on a loop inside a private mount namespace (``MountNamespaceLoop``):
+    the host's mount namespace never sees the mount."""
+    from tests.shared_disk import MountNamespaceLoop, SharedDisk, host_mounts
+
+    disk = SharedDisk(workdir / "disk.img").create(servers=1)
+    mount_point = str(workdir / "volume")
+    namespace: list[MountNamespaceLoop] = []
+
+    def cleanup() -> None:
+        for loop in namespace:
+            if loop.mounted(mount_point):
+                loop.sh("umount", "-l", mount_point, check=False)
+            loop.close()
+        left = disk.detach()
+        assert not left, f"loop devices still attached to {disk.image}: {left}"
+
+    try:
+        namespace.append(MountNamespaceLoop())
+    except BaseException:
+        cleanup()
+        raise
+    loop = namespace[0]
+
+    def answers() -> bool:
+        if host_mounts(mount_point) or not loop.mounted(mount_point):
+            return False
+        probe = loop.sh("sh", "-c", f"echo probe > {mount_point}/probe && cat {mount_point}/probe")
+        return probe.stdout == "probe\n"
+
+    def released() -> bool:
+        # O_EXCL on a block device fails (EBUSY) while a filesystem on it is mounted
+        # anywhere on the host, in any mount namespace
+        try:
+            os.close(os.open(disk.devices[0], os.O_RDONLY | os.O_EXCL))
+        except OSError:
+            return False
+        return True
+
+    def gone() -> bool:
+        return released() and not loop.mounted(mount_point) and not host_mounts(mount_point)
+
+    return KitEnvironment(
+        properties={
+            "device": disk.devices[0],
+            "mount_point": mount_point,
+            "filesystem_uuid": disk.uuid,
+            "mount_options": "noatime",
+        },
+        answers=answers,
+        gone=gone,
+        cleanup=cleanup,
+        run=loop.run,
+    )
+
+
+CASES.append(KitCase("volume", volume_case, marks=(pytest.mark.lab,)))

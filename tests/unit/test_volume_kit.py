@@ -1,0 +1,417 @@
+"""The volume kit's actions on real loop devices, each run in a private mount namespace
+(``MountNamespaceLoop``): the host's mount namespace never sees a mount of these tests.
+
+Two "servers" are two namespaces, each with its own loop device onto one image, as in the
+lab. Needs root, losetup and e2fsprogs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from vigil.errors import KitError, Severity
+from vigil.kits.base import Check, CheckStatus, ExtendCheck, KitContext
+from vigil.kits.volume import CHECK_FILE, VolumeKit
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
+]
+
+if TYPE_CHECKING:
+    from tests.shared_disk import MountNamespaceLoop, SharedDisk
+
+KIT = VolumeKit()
+T = TypeVar("T")
+
+
+# tests/ is a package that pytest imports once collected: import its helpers lazily
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    from tests.shared_disk import sh
+
+    return sh(*argv, check=check)
+
+
+def host_mounts(mount_point: str) -> bool:
+    from tests.shared_disk import host_mounts
+
+    return host_mounts(mount_point)
+
+
+def new_disk(image: Path, size_mib: int = 64) -> SharedDisk:
+    from tests.shared_disk import SharedDisk
+
+    return SharedDisk(image, size_mib)
+
+
+def new_namespace() -> MountNamespaceLoop:
+    from tests.shared_disk import MountNamespaceLoop
+
+    return MountNamespaceLoop()
+
+
+class Server:
+    """A pretend server: a private mount namespace and a loop device of the shared disk."""
+
+    def __init__(self, name: str, device: str, workdir: Path) -> None:
+        self.name = name
+        self.device = device
+        self.workdir = workdir
+        self.ns = new_namespace()
+
+    def context(self, **properties: Any) -> KitContext:
+        return KitContext(
+            tag="vol",
+            server=self.name,
+            properties=KIT.parse_properties(properties),
+            log=logging.getLogger("vigil.kit.volume.vol"),
+            epoch=7,
+            state_dir=self.workdir / "state" / self.name,
+        )
+
+    def act(self, action: Callable[[], Awaitable[T]]) -> T:
+        return self.ns.run_sync(action)
+
+    def holder(self, path: str) -> subprocess.Popen[bytes]:
+        """``sleep 600`` holding ``path`` open, started inside this server."""
+        return self.ns.call(
+            lambda: subprocess.Popen(["sh", "-c", f"exec sleep 600 <'{path}'"], cwd="/")
+        )
+
+    def close(self) -> None:
+        for line in reversed(self.ns.mountinfo().splitlines()):
+            point = line.split()[4]
+            if point.startswith(str(self.workdir)):
+                self.ns.sh("umount", "-l", point, check=False)
+        self.ns.close()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SharedDisk]:
+    with new_disk(tmp_path / "disk.img").create(servers=2) as shared:
+        yield shared
+
+
+@pytest.fixture
+def servers(disk: SharedDisk, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    made: list[Server] = []
+    try:
+        made.append(Server("node1", disk.devices[0], tmp_path))
+        made.append(Server("node2", disk.devices[1], tmp_path))
+        yield made[0], made[1]
+    finally:
+        for server in made:
+            server.close()
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> str:
+    return str(tmp_path / "mnt" / "data")
+
+
+def props(server: Server, disk: SharedDisk, mount_point: str, **more: Any) -> dict[str, Any]:
+    values = {"device": server.device, "mount_point": mount_point, "filesystem_uuid": disk.uuid}
+    values.update(more)
+    return values
+
+
+def validate(server: Server, **properties: Any) -> list[str]:
+    return server.act(lambda: KIT.validate_create(server.context(**properties)))
+
+
+def check(server: Server, ctx: KitContext) -> Check:
+    return server.act(lambda: KIT.quick_check(ctx))
+
+
+def one(problems: list[str], text: str) -> str:
+    found = [p for p in problems if text in p]
+    assert found, f"no problem mentions {text!r}: {problems}"
+    return found[0]
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def test_a_good_volume_passes(servers: tuple[Server, Server], disk: SharedDisk, mount_point: str):
+    node1, _ = servers
+    assert validate(node1, **props(node1, disk, mount_point)) == []
+
+
+def root_device_node() -> str | None:
+    root = os.stat("/").st_dev
+    for entry in os.scandir("/dev"):
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            continue
+        if stat.S_ISBLK(st.st_mode) and st.st_rdev == root:
+            return entry.path
+    return None
+
+
+def test_the_system_device_is_refused(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    device = root_device_node()
+    if device is None:
+        pytest.skip("no device node for the root filesystem")
+    problems = validate(node1, **props(node1, disk, mount_point, device=device))
+    assert one(problems, "system device").startswith(f"{device} on node1 is the system device")
+
+
+def test_device_problems(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str, tmp_path: Path
+) -> None:
+    node1, _ = servers
+    missing = validate(node1, **props(node1, disk, mount_point, device="/dev/vigil-none"))
+    assert "device /dev/vigil-none does not exist on node1" in missing
+    regular = validate(node1, **props(node1, disk, mount_point, device=str(disk.image)))
+    one(regular, "is not a block device")
+    unset = validate(node1, **props(node1, disk, mount_point, filesystem_uuid=None))
+    assert one(unset, "filesystem_uuid is not set").endswith(
+        f"has UUID {disk.uuid}; set filesystem_uuid={disk.uuid} (vigil recognises the volume "
+        "by it on every server)"
+    )
+    other = "0b7a7c8e-1111-4222-8333-944445555666"
+    wrong = validate(node1, **props(node1, disk, mount_point, filesystem_uuid=other))
+    one(wrong, f"holds the filesystem {disk.uuid}, not {other}")
+    xfs = validate(node1, **props(node1, disk, mount_point, filesystem_type="xfs"))
+    one(xfs, "holds a ext4 filesystem, not xfs")
+
+
+def test_filesystem_problems(
+    servers: tuple[Server, Server], mount_point: str, tmp_path: Path
+) -> None:
+    node1, _ = servers
+    with new_disk(tmp_path / "plain.img", size_mib=16) as plain:
+        plain.create(servers=1)
+        sh("wipefs", "-a", plain.devices[0])
+        empty = validate(node1, device=plain.devices[0], mount_point=mount_point)
+        one(empty, "no filesystem recognised on")
+        sh("mkfs.ext4", "-q", "-F", plain.devices[0])
+        uuid = sh("blkid", "-p", "-s", "UUID", "-o", "value", plain.devices[0]).stdout.strip()
+        values = {"device": plain.devices[0], "mount_point": mount_point, "filesystem_uuid": uuid}
+        one(validate(node1, **values), "has no multi-mount protection")
+        assert validate(node1, **values, multi_mount_protection=False) == []
+
+
+def test_mount_point_problems(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str, tmp_path: Path
+) -> None:
+    node1, _ = servers
+    values = props(node1, disk, mount_point)
+    os.makedirs(mount_point)
+    node1.ns.sh("mount", "-t", "tmpfs", "tmpfs", mount_point)
+    one(validate(node1, **values), f"mount point {mount_point} is in use on node1: tmpfs")
+    node1.ns.sh("umount", mount_point)
+    Path(mount_point, "stray").write_text("x")
+    one(validate(node1, **values), f"mount point {mount_point} on node1 is not empty (1 entries")
+    os.unlink(Path(mount_point, "stray"))
+    link = tmp_path / "link"
+    link.symlink_to(mount_point)
+    one(validate(node1, **{**values, "mount_point": str(link)}), "is a symbolic link")
+
+
+def test_a_device_mounted_elsewhere_is_refused(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str, tmp_path: Path
+) -> None:
+    node1, node2 = servers
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    node1.ns.sh("mount", node1.device, other)
+    one(validate(node1, **props(node1, disk, mount_point)), f"is mounted at {other} on node1")
+    # the same device, seen from another mount namespace of this host
+    problem = one(validate(node2, **props(node1, disk, mount_point)), "outside this server's")
+    assert f"mounted at {other} in the mount namespace of pid" in problem
+    assert not host_mounts(other)
+
+
+def test_can_extend_proposes_the_free_device_holding_the_filesystem(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, node2 = servers
+    ctx1 = node1.context(**props(node1, disk, mount_point))
+    node1.act(lambda: KIT.restore(ctx1))
+    # node2 is given node1's device (copied from the primary): busy, so it proposes its own
+    ctx2 = node2.context(**props(node1, disk, mount_point))
+    answer: ExtendCheck = node2.act(lambda: KIT.can_extend(ctx2))
+    assert answer == ExtendCheck(problems=[], proposed={"device": node2.device})
+    given = node2.context(**props(node2, disk, mount_point))
+    assert node2.act(lambda: KIT.can_extend(given)) == ExtendCheck()
+    node2.act(lambda: KIT.extend(given))
+
+
+# --- exclusive access -------------------------------------------------------------------
+
+
+def test_the_same_device_in_another_namespace_is_not_mounted_twice(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, node2 = servers
+    values = props(node1, disk, mount_point)
+    node1.act(lambda: KIT.restore(node1.context(**values)))
+    with pytest.raises(KitError, match="second live copy") as caught:
+        node2.act(lambda: KIT.restore(node2.context(**values)))
+    assert caught.value.severity is Severity.HARD
+    assert not node2.ns.mounted(mount_point) and not host_mounts(mount_point)
+
+
+def test_multi_mount_protection_refuses_a_second_server(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, node2 = servers
+    node1.act(lambda: KIT.restore(node1.context(**props(node1, disk, mount_point))))
+    started = time.monotonic()
+    with pytest.raises(KitError) as caught:
+        node2.act(lambda: KIT.restore(node2.context(**props(node2, disk, mount_point))))
+    waited = time.monotonic() - started
+    message = str(caught.value)
+    assert "refused by multi-mount protection" in message, message
+    assert "in use on another server" in message
+    assert f"device {os.path.basename(node1.device)}," in message
+    assert not node2.ns.mounted(mount_point) and not host_mounts(mount_point)
+    assert node1.ns.mounted(mount_point)
+    print(f"multi-mount protection refused the second mount after {waited:.1f}s")
+
+
+# --- service ------------------------------------------------------------------------------
+
+
+def test_holders_are_named_and_the_volume_stays_mounted(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    ctx = node1.context(**props(node1, disk, mount_point))
+    node1.act(lambda: KIT.restore(ctx))
+    node1.ns.sh("sh", "-c", f"echo data > {mount_point}/file")
+    holder = node1.holder(f"{mount_point}/file")
+    try:
+        with pytest.raises(KitError) as caught:
+            node1.act(lambda: KIT.remove(ctx))
+        message = str(caught.value)
+        assert f"pid {holder.pid} (sleep 600): open file {mount_point}/file" in message
+        assert "set stop_holders=true" in message
+        assert check(node1, ctx).status is CheckStatus.RUNNING
+    finally:
+        holder.kill()
+        holder.wait()
+    node1.act(lambda: KIT.remove(ctx))
+    assert check(node1, ctx).status is CheckStatus.STOPPED
+
+
+def test_stop_holders_stops_them_before_unmounting(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    ctx = node1.context(**props(node1, disk, mount_point, stop_holders=True))
+    node1.act(lambda: KIT.restore(ctx))
+    node1.ns.sh("touch", f"{mount_point}/file")
+    holder = node1.holder(f"{mount_point}/file")
+    node1.act(lambda: KIT.remove(ctx))
+    assert holder.wait(timeout=10) == -15  # SIGTERM was enough
+    assert not node1.ns.mounted(mount_point)
+
+
+def test_force_remove_kills_holders_and_unmounts(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    ctx = node1.context(**props(node1, disk, mount_point))
+    node1.act(lambda: KIT.restore(ctx))
+    holder = node1.ns.call(lambda: subprocess.Popen(["sleep", "600"], cwd=mount_point))
+    done = node1.act(lambda: KIT.force_remove(ctx))
+    assert holder.wait(timeout=10) == -9
+    assert done[0].startswith(f"killed pid {holder.pid} (sleep 600): working directory")
+    assert not node1.ns.mounted(mount_point)
+    assert node1.act(lambda: KIT.force_remove(ctx)) == []
+
+
+def test_mounts_below_are_named(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    ctx = node1.context(**props(node1, disk, mount_point))
+    node1.act(lambda: KIT.restore(ctx))
+    node1.ns.sh("mkdir", f"{mount_point}/sub")
+    node1.ns.sh("mount", "-t", "tmpfs", "tmpfs", f"{mount_point}/sub")
+    with pytest.raises(KitError, match=f"filesystems are mounted below it .{mount_point}/sub"):
+        node1.act(lambda: KIT.remove(ctx))
+    node1.ns.sh("umount", f"{mount_point}/sub")
+    node1.act(lambda: KIT.remove(ctx))
+
+
+def test_checks_and_local_recovery(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
+) -> None:
+    node1, _ = servers
+    ctx = node1.context(**props(node1, disk, mount_point, full_threshold=1))
+    node1.act(lambda: KIT.restore(ctx))
+    assert check(node1, ctx).warning == ""
+    node1.ns.sh("dd", "if=/dev/zero", f"of={mount_point}/fill", "bs=1M", "count=4")
+    running = check(node1, ctx)
+    assert running.status is CheckStatus.RUNNING
+    assert running.warning.startswith("volume is nearly full: "), running
+    deep = node1.act(lambda: KIT.deep_check(ctx))
+    assert deep.status is CheckStatus.RUNNING
+    written = node1.ns.sh("cat", f"{mount_point}/{CHECK_FILE}").stdout
+    assert written.startswith("node1 epoch 7 ")
+    node1.ns.sh("mount", "-o", "remount,ro", mount_point)
+    failed = check(node1, ctx)
+    assert failed.status is CheckStatus.FAILED and "read-only" in failed.detail
+    assert node1.act(lambda: KIT.recover(ctx)) is True
+    assert check(node1, ctx).status is CheckStatus.RUNNING
+    node1.act(lambda: KIT.remove(ctx))
+    node1.ns.sh("mount", "-t", "tmpfs", "tmpfs", mount_point)
+    other = check(node1, ctx)
+    assert other.status is CheckStatus.FAILED and "holds another filesystem" in other.detail
+    with pytest.raises(KitError, match="is in use: tmpfs"):
+        node1.act(lambda: KIT.restore(ctx))
+
+
+def test_fsck_runs_when_the_filesystem_asks(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str, caplog: Any
+) -> None:
+    node1, _ = servers
+    sh("tune2fs", "-E", "force_fsck", node1.device)
+    ctx = node1.context(**props(node1, disk, mount_point))
+    caplog.set_level(logging.INFO, logger="vigil.kit.volume")
+    started = time.monotonic()
+    node1.act(lambda: KIT.restore(ctx))
+    print(f"restore with fsck took {time.monotonic() - started:.1f}s")
+    assert any("checking" in r.getMessage() for r in caplog.records), caplog.text
+    assert check(node1, ctx).status is CheckStatus.RUNNING
+    state = sh("dumpe2fs", "-h", node1.device).stdout
+    assert "Filesystem state:         clean" in state
+
+
+def test_restore_and_remove_are_idempotent_and_timed(
+    servers: tuple[Server, Server], disk: SharedDisk, mount_point: str, caplog: Any
+) -> None:
+    node1, node2 = servers
+    caplog.set_level(logging.INFO, logger="vigil.kit.volume")
+    timings = []
+    for server in (node1, node2, node1):
+        ctx = server.context(**props(server, disk, mount_point))
+        started = time.monotonic()
+        server.act(lambda ctx=ctx: KIT.restore(ctx))
+        restored = time.monotonic()
+        server.act(lambda ctx=ctx: KIT.restore(ctx))
+        assert check(server, ctx).status is CheckStatus.RUNNING
+        removing = time.monotonic()
+        server.act(lambda ctx=ctx: KIT.remove(ctx))
+        timings.append((restored - started, time.monotonic() - removing))
+        server.act(lambda ctx=ctx: KIT.remove(ctx))
+        assert check(server, ctx).status is CheckStatus.STOPPED
+    shown = ", ".join(f"restore {a * 1000:.0f} ms / remove {b * 1000:.0f} ms" for a, b in timings)
+    print(f"volume kit timings: {shown}")
+    assert "mounted" in caplog.text and "unmounted" in caplog.text
