@@ -13,7 +13,7 @@ etcd's defaults), and a new leader is elected within about a second.
 
     with etcd_cluster(members=3) as etcd:
         store = await open_store(etcd.url)
-        etcd.kill(etcd.leader())
+        etcd.leader().kill()
 
 ``options=EtcdOptions(tls=True)`` serves clients over https only, with a fresh CA and
 certificates made with ``openssl`` and ``--client-cert-auth`` (``cluster.url`` then carries
@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,8 +55,8 @@ __all__ = [
     "EtcdMember",
     "EtcdOptions",
     "TlsFiles",
+    "etcd_backend",
     "etcd_cluster",
-    "etcd_contract_backend",
     "etcd_processes",
     "require_etcd",
 ]
@@ -225,9 +225,6 @@ class EtcdMember:
             handlers.append(urllib.request.HTTPSHandler(context=self.tls.context()))
         return urllib.request.build_opener(*handlers)
 
-    def member_id(self) -> str:
-        return str(self.status()["header"]["member_id"])
-
     def log(self) -> str:
         try:
             return self.log_file.read_text(errors="replace")
@@ -268,16 +265,14 @@ class EtcdCluster:
             self._check_alive(deadline)
             await asyncio.sleep(0.05)
 
-    def kill(self, member: EtcdMember) -> None:
-        member.kill()
-
     def leader(self) -> EtcdMember:
         """The member that is the raft leader now (asked of the running members)."""
         for member in self.members:
             if member.running:
                 with contextlib.suppress(OSError, ValueError):
-                    leader = str(member.status()["leader"])
-                    return next(m for m in self.members if m.running and m.member_id() == leader)
+                    leader = member.status()["leader"]
+                    running = (m for m in self.members if m.running)
+                    return next(m for m in running if m.status()["header"]["member_id"] == leader)
         raise RuntimeError("no running etcd member knows a leader")
 
     @asynccontextmanager
@@ -328,7 +323,9 @@ def etcd_cluster(
     """Running etcd members on loopback; killed and their directories removed on exit."""
     require_etcd()
     options = options or EtcdOptions()
-    base = Path(tempfile.mkdtemp(prefix="vigil-etcd-", dir=directory and _made(directory)))
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="vigil-etcd-", dir=directory))
     cluster: EtcdCluster | None = None
     try:
         tls = make_certificates(base / "tls") if options.tls else None
@@ -395,29 +392,33 @@ def _openssl(*args: str | Path) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
 
 
-@asynccontextmanager
-async def etcd_contract_backend(backend: Callable[..., B], workdir: Path) -> AsyncIterator[B]:
-    """The store contract suite's etcd (``tests/contract/conftest.py``; ``backend`` is its
-    ``Backend`` class): a fresh single-member etcd, killed when the test ends."""
-    with etcd_cluster(workdir) as etcd:
+def etcd_backend(backend: Callable[..., B]) -> Callable[[Path], AbstractAsyncContextManager[B]]:
+    """The store contract suite's etcd factory (``tests/contract/conftest.py``, given its
+    ``Backend`` class): a fresh single-member etcd per test, killed when the test ends."""
 
-        async def open_client(request_timeout: float) -> Store:
-            return await open_store(etcd.url, request_timeout=request_timeout)
+    @asynccontextmanager
+    async def factory(workdir: Path) -> AsyncIterator[B]:
+        with etcd_cluster(workdir) as etcd:
 
-        running = backend(
-            name="etcd",
-            url=etcd.url,
-            locator=etcd.members[0].locator,
-            short_ttl=1,
-            open_client=open_client,
-            stall=etcd.paused,
-            compact=etcd.compact,
-            history_limit=0,
-        )
-        try:
-            yield running
-        finally:
-            await running.close_clients()  # type: ignore[attr-defined]
+            async def open_client(request_timeout: float) -> Store:
+                return await open_store(etcd.url, request_timeout=request_timeout)
+
+            running = backend(
+                name="etcd",
+                url=etcd.url,
+                locator=etcd.members[0].locator,
+                short_ttl=1,
+                open_client=open_client,
+                stall=etcd.paused,
+                compact=etcd.compact,
+                history_limit=0,
+            )
+            try:
+                yield running
+            finally:
+                await running.close_clients()  # type: ignore[attr-defined]
+
+    return factory
 
 
 def etcd_processes(mentioning: str = "") -> list[int]:
@@ -435,11 +436,6 @@ def etcd_processes(mentioning: str = "") -> list[int]:
         if etcd and state not in ("Z", "X") and mentioning.encode() in b" ".join(argv):
             found.append(int(entry.name))
     return found
-
-
-def _made(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def _free_ports(count: int) -> list[int]:

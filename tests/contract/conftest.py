@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.etcd_server import etcd_backend
 
 from vigil.store import Store
 from vigil.store.embedded import EmbeddedStore
@@ -118,19 +119,12 @@ async def embedded_backend(workdir: Path) -> AsyncIterator[Backend]:
         await backend.close_clients()
 
 
-def etcd_backend(workdir: Path) -> AbstractAsyncContextManager[Backend]:
-    """A fresh single-member etcd on loopback (``tests/etcd_server.py``)."""
-    from tests.etcd_server import etcd_contract_backend  # importable once collected
-
-    return etcd_contract_backend(Backend, workdir)
-
-
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Backend]]
 
 #: every backend the contract suite runs against
 BACKENDS: dict[str, BackendFactory] = {
     "embedded": embedded_backend,
-    "etcd": etcd_backend,
+    "etcd": etcd_backend(Backend),
 }
 
 

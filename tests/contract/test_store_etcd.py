@@ -14,16 +14,18 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import pytest
+from tests.etcd_server import (
+    EtcdCluster,
+    EtcdOptions,
+    etcd_cluster,
+    etcd_processes,
+    require_etcd,
+)
 
 from vigil.errors import Compacted, ConfigError, LeaseLost, StoreError, StoreUnavailable
 from vigil.store import Store, WatchEvent, open_store
-
-if TYPE_CHECKING:
-    from tests.etcd_server import EtcdCluster
 
 DEADLINE = 10.0
 #: an etcd permission: read and write every key under vigil/ (keys base64-encoded)
@@ -31,17 +33,8 @@ VIGIL_ONLY = {"permType": "READWRITE", "key": "dmlnaWwv", "range_end": "dmlnaWww
 
 
 @pytest.fixture
-def harness() -> ModuleType:
-    """``tests/etcd_server.py``, imported late (as ``kit_cases`` does): the ``tests``
-    package is importable once pytest has set it up, not while it collects this module."""
-    import tests.etcd_server
-
-    return tests.etcd_server
-
-
-@pytest.fixture
-def etcd(harness: ModuleType, tmp_path: Path) -> Iterator[EtcdCluster]:
-    with harness.etcd_cluster(tmp_path) as cluster:
+def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    with etcd_cluster(tmp_path) as cluster:
         yield cluster
 
 
@@ -164,7 +157,7 @@ async def test_a_watch_resumed_after_an_etcd_restart_sees_no_gap(
     written = [await writer.put(f"w/{i}", b"%d" % i) for i in range(5)]
     events = watcher.watch("w/", start)
     seen = await take(events, 3)
-    etcd.kill(member)  # SIGKILL: the stream breaks
+    member.kill()  # SIGKILL: the stream breaks
     with pytest.raises(StoreUnavailable) as info:
         while True:  # the events already received may still come first
             seen.append(await asyncio.wait_for(anext(events), DEADLINE))
@@ -190,7 +183,7 @@ async def test_a_kept_lease_survives_an_etcd_restart(
     await store.put("owner", b"me", lease.id)
     loop = KeepAliveLoop(store, lease.id, interval=0.3)
     await asyncio.sleep(1.0)
-    etcd.kill(member)
+    member.kill()
     await asyncio.sleep(1.0)  # down for a third of the TTL
     await etcd.restart(member)
     await asyncio.sleep(lease.ttl + 1.0)  # longer than the TTL: renewals work again
@@ -203,9 +196,9 @@ async def test_a_kept_lease_survives_an_etcd_restart(
 
 
 async def test_killing_the_leader_of_three_loses_no_lease(
-    harness: ModuleType, tmp_path: Path, clients: list[Store]
+    tmp_path: Path, clients: list[Store]
 ) -> None:
-    with harness.etcd_cluster(tmp_path, members=3) as etcd:
+    with etcd_cluster(tmp_path, members=3) as etcd:
         leader = etcd.leader()
         # The leader first, so that the client has to fail over when it dies.
         others = [m.locator for m in etcd.members if m is not leader]
@@ -214,7 +207,7 @@ async def test_killing_the_leader_of_three_loses_no_lease(
         await store.put("owner", b"me", lease.id)
         loop = KeepAliveLoop(store, lease.id, interval=0.3)
         await asyncio.sleep(1.0)
-        etcd.kill(leader)
+        leader.kill()
         renewed = loop.renewed
         await asyncio.sleep(2 * lease.ttl)  # no LeaseLost meanwhile (loop.stop raises it)
         await loop.stop()
@@ -223,6 +216,22 @@ async def test_killing_the_leader_of_three_loses_no_lease(
         owner = await store.get("owner")
         assert owner is not None and owner.lease == lease.id
         assert await store.put("after", b"1") > 0
+
+
+async def test_a_watch_on_a_member_without_leader_ends_unavailable(
+    tmp_path: Path, clients: list[Store]
+) -> None:
+    with etcd_cluster(tmp_path, members=3) as etcd:
+        alone = etcd.members[0]
+        store = await connect(clients, f"etcd://{alone.locator}")
+        revision = await store.put("k", b"1")
+        events = store.watch("k", revision)
+        await take(events, 1)
+        for member in etcd.members[1:]:
+            member.kill()  # the member left cannot have a leader any more
+        with pytest.raises(StoreUnavailable, match="no leader") as info:
+            await take(events, 1)  # instead of waiting, silent, for ever
+        assert alone.locator in str(info.value)
 
 
 # --- history, leases, security ------------------------------------------------------
@@ -245,15 +254,15 @@ async def test_a_watch_below_an_explicit_compaction_raises_compacted(
 
 
 async def test_the_shortest_lease_follows_the_election_timeout(
-    harness: ModuleType, tmp_path: Path, clients: list[Store]
+    tmp_path: Path, clients: list[Store]
 ) -> None:
     # etcd's default timing: 1.5 x 1000 ms, rounded up to whole seconds.
-    default_timing = harness.EtcdOptions(heartbeat_ms=100, election_ms=1000)
-    with harness.etcd_cluster(tmp_path / "default", options=default_timing) as etcd:
+    default_timing = EtcdOptions(heartbeat_ms=100, election_ms=1000)
+    with etcd_cluster(tmp_path / "default", options=default_timing) as etcd:
         store = await connect(clients, etcd.url)
         assert store.capabilities.min_lease_ttl == 2
         assert (await store.grant_lease(1)).ttl == 2
-    with harness.etcd_cluster(tmp_path / "tuned") as etcd:  # 50 / 500 ms
+    with etcd_cluster(tmp_path / "tuned") as etcd:  # 50 / 500 ms
         store = await connect(clients, etcd.url)
         assert store.capabilities.min_lease_ttl == 1
         assert (store.capabilities.networked, store.capabilities.single_host) == (True, False)
@@ -261,10 +270,10 @@ async def test_the_shortest_lease_follows_the_election_timeout(
 
 
 async def test_user_and_password_with_an_expiring_token(
-    harness: ModuleType, tmp_path: Path, clients: list[Store]
+    tmp_path: Path, clients: list[Store]
 ) -> None:
-    auth = harness.EtcdOptions(extra=("--auth-token=simple", "--auth-token-ttl=1"))
-    with harness.etcd_cluster(tmp_path, options=auth) as etcd:
+    auth = EtcdOptions(extra=("--auth-token=simple", "--auth-token-ttl=1"))
+    with etcd_cluster(tmp_path, options=auth) as etcd:
         async with etcd.members[0].http() as http:
             for path, body in (
                 ("/v3/auth/user/add", {"name": "root", "password": "s3cret"}),
@@ -301,10 +310,8 @@ async def test_user_and_password_with_an_expiring_token(
             await open_store(url)
 
 
-async def test_tls_with_client_certificates(
-    harness: ModuleType, tmp_path: Path, clients: list[Store]
-) -> None:
-    with harness.etcd_cluster(tmp_path, options=harness.EtcdOptions(tls=True)) as etcd:
+async def test_tls_with_client_certificates(tmp_path: Path, clients: list[Store]) -> None:
+    with etcd_cluster(tmp_path, options=EtcdOptions(tls=True)) as etcd:
         assert etcd.url.startswith("etcds://")
         store = await connect(clients, etcd.url)
         revision = await store.put("k", b"1")
@@ -342,23 +349,23 @@ async def test_bad_etcd_urls_are_refused_clearly(url: str, words: str) -> None:
 
 
 def test_without_etcd_the_tests_fail_saying_how_to_install(
-    harness: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y etcd-server"):
-        harness.require_etcd()
+        require_etcd()
 
 
-def test_the_harness_leaves_no_etcd_behind(harness: ModuleType, tmp_path: Path) -> None:
+def test_the_harness_leaves_no_etcd_behind(tmp_path: Path) -> None:
     with (
         pytest.raises(RuntimeError, match="the test failed"),
-        harness.etcd_cluster(tmp_path, members=3) as etcd,
+        etcd_cluster(tmp_path, members=3) as etcd,
     ):
         base = etcd.members[0].directory.parent
-        assert len(harness.etcd_processes(str(base))) == 3
+        assert len(etcd_processes(str(base))) == 3
         etcd.members[1].signal(signal.SIGSTOP)  # even a paused member
         raise RuntimeError("the test failed")
-    assert harness.etcd_processes(str(base)) == []
+    assert etcd_processes(str(base)) == []
     assert not base.exists()
 
 

@@ -32,6 +32,9 @@ it, so history is whole from the compaction revision + 1 (puts at that revision 
 
 Errors: ``StoreUnavailable`` names the endpoints tried and what each did; a write that
 reached an endpoint but got no answer is not sent elsewhere (it may have been applied).
+Watches ask etcd to require a leader (gRPC metadata ``hasleader``, passed by the gateway),
+so a watch on a member cut off from the majority ends with ``StoreUnavailable`` within a
+few election timeouts instead of going silent; a dead peer is noticed by TCP keepalive.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ _RETRYABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE (no lead
 #: messages meaning "authenticate again": the token expired or the auth store changed
 _REAUTH_MARKERS = ("invalid auth token", "auth store is old", "user name is empty")
 
+#: gRPC metadata "hasleader" (the gateway forwards Grpc-Metadata-* headers as metadata)
+_REQUIRE_LEADER = "Grpc-Metadata-hasleader"
 #: a silent peer (host down, network cut) breaks an idle connection after about 11 s
 _KEEPALIVE = [
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
@@ -164,7 +166,11 @@ class GatewayClient:
                 )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Unreachable(_describe(exc)) from exc
-        except (httpx.TransportError, TimeoutError) as exc:
+        except ssl.SSLError as exc:
+            # httpcore lets a TLS alert that arrives with the answer through untranslated:
+            # etcd refused the connection (a missing client certificate), not the request.
+            raise _Unreachable(_describe(exc)) from exc
+        except (httpx.TransportError, TimeoutError, OSError) as exc:
             raise _NoAnswer(f"no answer within {timeout:.3g} s ({_describe(exc)})") from exc
         return self._decode(endpoint, response.status_code, response.content)
 
@@ -175,6 +181,8 @@ class GatewayClient:
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
+            if status >= 500:  # not etcd's answer: a proxy or a member shutting down
+                raise _NoAnswer(f"HTTP {status} without an etcd answer")
             raise StoreError(
                 f"etcd {endpoint}: unexpected answer (HTTP {status}): {content[:200]!r};"
                 " is this an etcd v3.4+ client URL?"
@@ -210,22 +218,30 @@ class GatewayClient:
         watch may stay quiet for hours). Reading errors are raised as httpx errors; the
         caller translates them (it knows what the stream was for).
         """
+        deadline = time.monotonic() + self.request_timeout
         problems: list[str] = []
-        for index in self._rotation():
+        order = self._rotation()
+        for tried, index in enumerate(order):
             endpoint = self.endpoints[index]
+            share = (deadline - time.monotonic()) / (len(order) - tried)
+            if share <= 0:
+                break
             stack = AsyncExitStack()
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    token = await self._token_for(endpoint, self.request_timeout)
+                async with asyncio.timeout(share):
+                    token = await self._token_for(endpoint, share)
                     headers = {"Authorization": token} if token else {}
-                    limits = httpx.Timeout(self.request_timeout, read=None)
+                    # etcd ends the stream when this member loses its leader, instead of
+                    # keeping a member cut off from the cluster silently quiet.
+                    headers[_REQUIRE_LEADER] = "true"
+                    limits = httpx.Timeout(share, read=None)
                     request = self._http.stream(
                         "POST", endpoint + path, json=body, headers=headers, timeout=limits
                     )
                     response = await stack.enter_async_context(request)
                     if response.status_code != 200:
                         self._decode(endpoint, response.status_code, await response.aread())
-            except (httpx.TransportError, TimeoutError, _NoAnswer, _Unreachable) as exc:
+            except (httpx.TransportError, OSError, _NoAnswer, _Unreachable) as exc:
                 await stack.aclose()
                 problems.append(f"{endpoint}: {_describe(exc)}")
                 self._failed(index)

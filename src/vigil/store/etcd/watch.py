@@ -44,11 +44,11 @@ async def pump(
 ) -> None:
     """Read the watch stream into ``queue`` until it fails; see the module docstring."""
     for attempt in range(2):
-        token = client.token
         async with client.stream("/v3/watch", watch_request(prefix, start_revision)) as (
             endpoint,
             lines,
         ):
+            token = client.token  # the one this stream was opened with
             try:
                 await _read(endpoint, prefix, start_revision, lines, queue)
             except _AuthExpired:
@@ -59,7 +59,7 @@ async def pump(
                     f"etcd {endpoint} refused a watch of {prefix!r}: the authentication token"
                     " was rejected twice; check the store URL's username and password_file"
                 ) from None
-            except (httpx.TransportError, httpx.StreamError) as exc:
+            except (httpx.TransportError, httpx.StreamError, OSError) as exc:
                 client.stream_failed(endpoint)
                 raise StoreUnavailable(
                     f"etcd {endpoint}: the watch of {prefix!r} was cut off"
