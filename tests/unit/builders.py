@@ -19,6 +19,7 @@ from vigil.errors import ValidationError
 from vigil.model.cluster import (
     Cluster,
     CommPath,
+    Confirmation,
     Dependency,
     Intent,
     Observed,
@@ -26,6 +27,7 @@ from vigil.model.cluster import (
     Resource,
     Server,
 )
+from vigil.model.policies import ServerPolicy, StopMode, parse_policy
 from vigil.model.states import InstanceState
 
 ResourceSpec = Resource | Mapping[str, int]
@@ -48,6 +50,9 @@ def make_cluster(
     paths: Iterable[tuple[str, str]] | None = None,
     intent_revision: int = 5,
     revision: int = 100,
+    server_policies: Mapping[str, ServerPolicy | Mapping[str, object]] | None = None,
+    stopped: Mapping[str, StopMode | str] | None = None,
+    confirmations: Iterable[Confirmation] = (),
 ) -> Cluster:
     """A cluster view.
 
@@ -55,7 +60,9 @@ def make_cluster(
     ``10.0.0.<i+1>`` and ``10.1.0.<i+1>``. ``resources`` maps a tag to a ``Resource`` or to its
     instances (server -> priority; kit ``app``). ``paths`` lists server pairs joined by a comm
     path on network 0 (default: every pair). ``intents`` get ``intent_revision``; owners get
-    epoch ``revision``.
+    epoch ``revision``. ``server_policies`` maps a server to its ``ServerPolicy`` or to the
+    values of one (parsed as the store's are); ``stopped`` lists servers stopped on purpose
+    (hold or maintenance); ``confirmations`` are pending failover confirmations.
     """
     names = list(servers)
     dead_set = set(dead)
@@ -94,6 +101,14 @@ def make_cluster(
             for (server, tag), state in (observed or {}).items()
         },
         config_revision=revision,
+        server_policies={
+            server: policy
+            if isinstance(policy, ServerPolicy)
+            else parse_policy(ServerPolicy, policy, server)
+            for server, policy in (server_policies or {}).items()
+        },
+        stopped={server: StopMode(mode) for server, mode in (stopped or {}).items()},
+        confirmations={c.hierarchy: c for c in confirmations},
     )
 
 
@@ -138,3 +153,45 @@ def refused(
     with pytest.raises(error, match=match) as excinfo:
         yield excinfo
     assert type(excinfo.value) is error, f"{type(excinfo.value).__name__}: {excinfo.value}"
+
+
+def app_resource(tag: str, instances: Mapping[str, int], **policies: object) -> Resource:
+    """An ``app`` resource with ``instances`` and resource or hierarchy ``policies``
+    (``switchback="automatic"``, ``n_plus_one=True``, ``recovery_limit=2``...)."""
+    return Resource(tag, "app", instances=dict(instances), policies=dict(policies))
+
+
+def with_intent(
+    cluster: Cluster,
+    tag: str,
+    server: str | None,
+    *,
+    origin: str | None = None,
+    tried: Iterable[str] = (),
+    revision: int = 5,
+    reason: str = "",
+) -> Cluster:
+    """``cluster`` with the whole hierarchy of ``tag`` wanted on ``server``, as a failover
+    writes it (``origin``: the server failed over from; ``tried``: servers already tried)."""
+    members = cluster.hierarchy(tag).tags
+    intents = dict(cluster.intents)
+    for member in members:
+        intents[member] = Intent(member, server, revision, reason, origin, tuple(tried))
+    return replace(cluster, intents=intents)
+
+
+def with_observed(
+    cluster: Cluster,
+    server: str,
+    tag: str,
+    state: InstanceState | str,
+    *,
+    reason: str = "",
+    intent_revision: int = 0,
+) -> Cluster:
+    """``cluster`` with what the agent of ``server`` last reported for ``tag``."""
+    observed = dict(cluster.observed)
+    observed[(server, tag)] = Observed(
+        tag, server, InstanceState(state), reason, intent_revision=intent_revision
+    )
+    return replace(cluster, observed=observed)
