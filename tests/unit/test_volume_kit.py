@@ -14,9 +14,10 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from tests.shared_disk import MountNamespaceLoop, SharedDisk, host_mounts, sh
 
 from vigil.errors import KitError, Severity
 from vigil.kits.base import Check, CheckStatus, ExtendCheck, KitContext
@@ -27,36 +28,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
 ]
 
-if TYPE_CHECKING:
-    from tests.shared_disk import MountNamespaceLoop, SharedDisk
-
 KIT = VolumeKit()
 T = TypeVar("T")
-
-
-# tests/ is a package that pytest imports once collected: import its helpers lazily
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    from tests.shared_disk import sh
-
-    return sh(*argv, check=check)
-
-
-def host_mounts(mount_point: str) -> bool:
-    from tests.shared_disk import host_mounts
-
-    return host_mounts(mount_point)
-
-
-def new_disk(image: Path, size_mib: int = 64) -> SharedDisk:
-    from tests.shared_disk import SharedDisk
-
-    return SharedDisk(image, size_mib)
-
-
-def new_namespace() -> MountNamespaceLoop:
-    from tests.shared_disk import MountNamespaceLoop
-
-    return MountNamespaceLoop()
 
 
 class Server:
@@ -66,7 +39,7 @@ class Server:
         self.name = name
         self.device = device
         self.workdir = workdir
-        self.ns = new_namespace()
+        self.ns = MountNamespaceLoop()
 
     def context(self, **properties: Any) -> KitContext:
         return KitContext(
@@ -97,7 +70,7 @@ class Server:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[SharedDisk]:
-    with new_disk(tmp_path / "disk.img").create(servers=2) as shared:
+    with SharedDisk(tmp_path / "disk.img").create(servers=2) as shared:
         yield shared
 
 
@@ -193,7 +166,7 @@ def test_filesystem_problems(
     servers: tuple[Server, Server], mount_point: str, tmp_path: Path
 ) -> None:
     node1, _ = servers
-    with new_disk(tmp_path / "plain.img", size_mib=16) as plain:
+    with SharedDisk(tmp_path / "plain.img", size_mib=16) as plain:
         plain.create(servers=1)
         sh("wipefs", "-a", plain.devices[0])
         empty = validate(node1, device=plain.devices[0], mount_point=mount_point)
