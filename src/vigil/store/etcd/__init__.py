@@ -158,7 +158,7 @@ class EtcdStore(Store):
         except LeaseLost as exc:
             leases = sorted({op.lease for op in (*success, *failure) if isinstance(op, Put)} - {0})
             raise LeaseLost(
-                f"{exc}: lease {', '.join(map(str, leases))} has expired or was revoked;"
+                f"lease {', '.join(map(str, leases))} has expired or was revoked ({exc});"
                 " nothing was written: grant a new lease and write the keys again"
             ) from exc
         return TxnResult(bool(answer.get("succeeded", False)), codec.header_revision(answer))

@@ -137,10 +137,18 @@ class GatewayClient:
     async def _call_endpoint(
         self, endpoint: str, path: str, body: JSON, timeout: float, connect_timeout: float
     ) -> JSON:
+        """One endpoint, within ``timeout`` in all: authenticating again once if etcd says
+        the token expired."""
+        end = time.monotonic() + timeout
         for attempt in range(2):
             token = await self._token_for(endpoint, timeout)
+            left = end - time.monotonic()
+            if left <= 0:
+                raise _NoAnswer(f"no answer within {timeout:.3g} s (authenticating)")
             try:
-                return await self._post(endpoint, path, body, token, timeout, connect_timeout)
+                return await self._post(
+                    endpoint, path, body, token, left, min(connect_timeout, left)
+                )
             except GatewayError as exc:
                 if attempt == 0 and self._needs_reauth(exc):
                     await self._forget_token(token)
