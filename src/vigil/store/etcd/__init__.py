@@ -111,7 +111,11 @@ class EtcdStore(Store):
         client = GatewayClient(
             [_endpoint_url(endpoint, tls) for endpoint in endpoints],
             request_timeout=request_timeout,
-            credentials=Credentials(username, password) if username and password else None,
+            credentials=(
+                Credentials(username, password)
+                if username is not None and password is not None
+                else None
+            ),
             ssl_context=_ssl_context(ca_file, cert_file, key_file),
         )
         store = cls(client)
