@@ -203,6 +203,13 @@ def test_a_device_mounted_elsewhere_is_refused(
     os.makedirs(other)
     node1.ns.sh("mount", node1.device, other)
     one(validate(node1, **props(node1, disk, mount_point)), f"is mounted at {other} on node1")
+    ctx = node1.context(**props(node1, disk, mount_point))
+    misplaced = check(node1, ctx)
+    assert misplaced.status is CheckStatus.FAILED and f"is mounted at {other}" in misplaced.detail
+    with pytest.raises(KitError, match=f"is mounted at {other} here, not by vigil"):
+        node1.act(lambda: KIT.remove(ctx))
+    with pytest.raises(KitError, match=f"already mounted at {other}"):
+        node1.act(lambda: KIT.restore(ctx))
     # the same device, seen from another mount namespace of this host
     problem = one(validate(node2, **props(node1, disk, mount_point)), "outside this server's")
     assert f"mounted at {other} in the mount namespace of pid" in problem

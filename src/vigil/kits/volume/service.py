@@ -51,9 +51,11 @@ class Volume:
 
     @property
     def where(self) -> str:
+        """``volume TAG on SERVER``, the start of every message."""
         return f"volume {self.tag} on {self.server}"
 
     def error(self, message: str, severity: Severity = Severity.HARD) -> KitError:
+        """A ``KitError`` about this volume."""
         return KitError(f"{self.where}: {message}", severity)
 
 
@@ -96,7 +98,11 @@ def _refuse_misplaced(volume: Volume, number: int, mounts: list[mt.MountEntry]) 
             f"{p.device} is already mounted at {elsewhere[0].mount_point}; unmount it there "
             "first (a volume is mounted only by vigil)"
         )
-    if mt.device_busy(p.device):
+    try:
+        busy = mt.device_busy(p.device)
+    except OSError as exc:
+        raise volume.error(f"cannot open {p.device}: {exc.strerror or exc}") from None
+    if busy:
         where = "; ".join(
             f"mounted at {point} in the mount namespace of pid {pid}"
             for pid, point in mt.namespaces_mounting(number)
@@ -255,6 +261,22 @@ def _after_unmount(volume: Volume, device: int) -> None:
         )
 
 
+def _refuse_stray_mounts(volume: Volume, mounts: list[mt.MountEntry]) -> None:
+    """Not mounted at the mount point, but mounted elsewhere here (by hand): out of
+    service is not true, and another server must not mount it. ``KitError`` (HARD)."""
+    p = volume.properties
+    try:
+        number = mt.block_device_number(p.device)
+    except (OSError, ValueError):
+        return
+    stray = mt.mounts_of_device(mounts, number)
+    if stray:
+        raise volume.error(
+            f"{p.device} is mounted at {', '.join(m.mount_point for m in stray)} here, not by "
+            "vigil: unmount it there (a volume is mounted only at its mount point, by vigil)"
+        )
+
+
 async def unmount(volume: Volume, deadline: float) -> None:
     """Unmount the volume here. Idempotent. When processes hold files on it: with
     ``stop_holders``, stop them first; without, ``KitError`` naming each (pid, command)."""
@@ -262,6 +284,7 @@ async def unmount(volume: Volume, deadline: float) -> None:
     mounts = mt.read_mounts()
     ours = _ours(volume, mounts)
     if ours is None:
+        _refuse_stray_mounts(volume, mounts)
         return
     started = time.monotonic()
     result = await _umount(volume, deadline)
