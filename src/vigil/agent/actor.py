@@ -8,6 +8,7 @@ owner keys (bound to its lease), its own state records and events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ class Actor:
         self.recoveries: dict[str, list[float]] = {}
         #: resources that failed here and are being failed over: reported OSF when removed
         self.failed_tags: dict[str, str] = {}
+        self.started_at = time.time()
 
     def local_view(self) -> LocalView:
         return LocalView(frozenset(self.running), dict(self.failed))
@@ -94,6 +96,9 @@ class Actor:
         await self.event(
             "restored", f"{step.hierarchy} is in service on {self.server}", step.hierarchy
         )
+        # a failover confirmation, answered or not, concerned the failover now completed
+        with contextlib.suppress(StoreError):
+            await self.store.delete(key("confirm", step.hierarchy))
 
     async def _restore_one(self, resource: Resource, epoch: int, step: Step) -> str | None:
         tag = resource.tag
@@ -243,8 +248,13 @@ class Actor:
             revision = cluster.intent_revision(hierarchy)
             for tag in sorted(hierarchy.tags - self.running):
                 seen = cluster.observed.get((self.server, tag))
-                if seen and seen.state is InstanceState.OSF and seen.intent_revision == revision:
-                    continue
+                if (
+                    seen
+                    and seen.state is InstanceState.OSF
+                    and seen.intent_revision == revision
+                    and seen.since >= self.started_at
+                ):
+                    continue  # a failure of this life, for this intent: it stays reported
                 if seen and seen.state is InstanceState.OSU and seen.reason == reason:
                     continue
                 # "since" is when the state began: a new reason alone does not reset it

@@ -65,7 +65,13 @@ async def ask_confirmation(
     confirm_key = key("confirm", hierarchy.name)
     ops = [Put(confirm_key, record), event_operation(me, "failover-confirm", reason, hierarchy=hierarchy.name)]
     try:
-        await store.txn([Compare.absent(confirm_key)], ops)
+        existing = await store.get(confirm_key)
+        if existing is not None:
+            old = ConfirmRecord.model_validate_json(existing.value)
+            if (old.target, old.origin) == (me, origin):
+                return  # already asked about this very failover
+        # a question about another failover is replaced, not reused
+        await store.txn([Compare.unchanged(existing, confirm_key)], ops)
     except StoreError as exc:
         log.warning("could not ask for confirmation of %s: %s", hierarchy.name, exc)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from vigil.model.cluster import Cluster, Hierarchy
 from vigil.model.policies import Switchback
+from vigil.model.states import InstanceState
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,34 @@ def orphaned_by(cluster: Cluster, hierarchy: Hierarchy) -> str | None:
     return wanted
 
 
+def failed_restore_on(cluster: Cluster, hierarchy: Hierarchy) -> str | None:
+    """During a failover (an intent with an origin), the live target that reported a failed
+    restore of this very intent and owns nothing of it: the cascade goes on without it."""
+    intent = cluster.intent(hierarchy)
+    if intent is None or intent.origin is None or intent.server is None:
+        return None
+    target = intent.server
+    if cluster.owner_of(hierarchy):
+        return None
+    revision = cluster.intent_revision(hierarchy)
+    for tag in hierarchy.tags:
+        seen = cluster.observed.get((target, tag))
+        if seen and seen.state is InstanceState.OSF and seen.intent_revision == revision:
+            return target
+    return None
+
+
+def restored_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:
+    """Whether ``server`` had the hierarchy in service for its current intent (a failover to
+    it completed, so a later failover away from it starts afresh)."""
+    revision = cluster.intent_revision(hierarchy)
+    for tag in hierarchy.tags:
+        seen = cluster.observed.get((server, tag))
+        if not (seen and seen.state.in_service and seen.intent_revision == revision):
+            return False
+    return True
+
+
 def switchback_target(cluster: Cluster, hierarchy: Hierarchy) -> str | None:
     """With automatic switchback, the more preferred server the hierarchy should return to
     (never a less preferred one), once it is fully in service where it is now."""
@@ -132,9 +161,12 @@ def switchback_target(cluster: Cluster, hierarchy: Hierarchy) -> str | None:
         return None
     prio = priorities(cluster, hierarchy)
     best = choose_target(cluster, hierarchy)
-    if best.server and best.server != current and prio[best.server] < prio.get(current, 1000):
-        return best.server
-    return None
+    if not best.server or best.server == current or prio[best.server] >= prio.get(current, 1000):
+        return None
+    # a server whose instances failed there (OSF) has not "come back": no ping-pong
+    if any(cluster.state_of(best.server, t).state is InstanceState.OSF for t in hierarchy.tags):
+        return None
+    return best.server
 
 
 def what_if_down(cluster: Cluster, server: str) -> list[tuple[str, str | None, str]]:

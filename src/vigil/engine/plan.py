@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from vigil.engine import failover
 from vigil.engine.order import remove_waves, restore_waves
-from vigil.model.cluster import Cluster, Hierarchy
+from vigil.model.cluster import Cluster, Hierarchy, Intent
 from vigil.model.policies import ConfirmDefault
 
 
@@ -68,12 +68,17 @@ def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> lis
 
     ``now`` (wall-clock seconds) times out pending failover confirmations."""
     steps = []
+    view = cluster
     for hierarchy in cluster.hierarchies:
         step = _decide_hierarchy(cluster, me, local, hierarchy) or _takeover(
-            cluster, me, hierarchy, now
+            view, me, hierarchy, now
         )
         if step is not None:
             steps.append(step)
+        if step is not None and step.kind in (StepKind.TAKEOVER, StepKind.CONFIRM):
+            # later decisions in this pass see this hierarchy as coming here (N+1 rule)
+            intents = {t: Intent(t, me, cluster.intent_revision(hierarchy)) for t in hierarchy.tags}
+            view = replace(view, intents={**view.intents, **intents})
     orphans = local.running - set(cluster.resources)
     if orphans:
         steps.append(
@@ -129,25 +134,31 @@ def _takeover(cluster: Cluster, me: str, hierarchy: Hierarchy, now: float) -> St
     name, tags = hierarchy.name, hierarchy.tags
     revision = cluster.intent_revision(hierarchy)
     dead = failover.orphaned_by(cluster, hierarchy)
-    if dead is None:
+    failed = None if dead else failover.failed_restore_on(cluster, hierarchy)
+    if dead is None and failed is None:
         back = failover.switchback_target(cluster, hierarchy)
         if back == me:
             why = f"switching {name} back to {me}, its preferred server (automatic switchback)"
             return Step(StepKind.SWITCHBACK, name, tags, why, intent_revision=revision)
         return None
-    blocked = failover.failover_blocked(cluster, hierarchy, dead)
+    away = dead or failed or ""
+    blocked = failover.failover_blocked(cluster, hierarchy, away)
     if blocked:
-        return Step(StepKind.WAIT, name, tags, f"{name} stays off {dead}: {blocked}")
+        return Step(StepKind.WAIT, name, tags, f"{name} stays off {away}: {blocked}")
     intent = cluster.intent(hierarchy)
-    tried = tuple(dict.fromkeys([*(intent.tried if intent else ()), dead]))
-    origin = intent.origin if intent and intent.origin else dead
+    if intent and intent.origin and not failover.restored_by(cluster, hierarchy, away):
+        # the failover in progress goes on: skip every server that already failed it
+        tried, origin = tuple(dict.fromkeys([*intent.tried, away])), intent.origin
+    else:
+        tried, origin = (away,), away
     target = failover.choose_target(cluster, hierarchy, tried)
     if target.server is None:
-        why = f"{name} cannot fail over from {dead}: {target.reason}"
+        why = f"{name} cannot fail over from {away}: {target.reason}"
         return Step(StepKind.WAIT, name, tags, why)
     if target.server != me:
         return None
-    why = f"failing {name} over from {dead} to {me}: {dead} is down; {target.reason}"
+    cause = f"{away} is down" if dead else f"{away} failed to restore it"
+    why = f"failing {name} over from {away} to {me}: {cause}; {target.reason}"
     step = Step(
         StepKind.TAKEOVER, name, tags, why, intent_revision=revision, origin=origin, tried=tried
     )
@@ -160,7 +171,7 @@ def _confirmed(cluster: Cluster, me: str, hierarchy: Hierarchy, step: Step, now:
     if not policy.confirm_failover:
         return step
     pending = cluster.confirmations.get(hierarchy.name)
-    if pending is None or pending.target != me:
+    if pending is None or pending.target != me or pending.origin != step.origin:
         why = (
             f"{step.reason}; waiting for an operator: vigil confirm-failover {hierarchy.name} "
             f"--yes|--no (default {policy.confirm_default} in {policy.confirm_timeout:g}s)"

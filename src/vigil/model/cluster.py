@@ -285,7 +285,9 @@ class Cluster:
                 why = "maintenance: the agent is stopped, the resource left running"
                 return replace(observed, state=InstanceState.ISU, reason=why)
             if not observed.state.in_service:
-                return replace(observed, reason=f"{observed.reason} (agent stopped: {stopped})")
+                note = f"agent stopped: {stopped}"
+                reason = f"{observed.reason} ({note})" if observed.reason else note
+                return replace(observed, reason=reason)
         if known is None or not known.alive:
             reason = "the agent of this server is not running" if known else "unknown server"
             last = f" (last reported {observed.state})" if observed else ""

@@ -3,6 +3,7 @@ defaults unless DESIGN.md says otherwise). Pure data with validation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -110,7 +111,12 @@ def _convert(default: object, value: object, name: str) -> object:
         return value
     if value is None and default is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"expected a number of seconds > 0, not {value!r}")
     return float(value)
 
