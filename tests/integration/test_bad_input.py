@@ -8,6 +8,7 @@ properties, where each hierarchy is wanted) is the same after it as before.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -58,32 +59,148 @@ def _create(tag: str, kit: str = "app", server: str = "node1") -> dict[str, Any]
     return {"tag": tag, "kit": kit, "server": server, "properties": service_commands(8090)}
 
 
-# (name, role, method, path, body, expected status, words the message must contain)
-CASES: list[tuple[str, str, str, str, Any, int, list[str]]] = [
-    ("unknown server", "administrator", "POST", "/v1/resources", _create("x", server="node9"), 404, ["unknown server", "node9"]),
-    ("unknown kit", "administrator", "POST", "/v1/resources", _create("x", kit="nope"), 400, ["unknown kit 'nope'", "app"]),
-    ("duplicate tag", "administrator", "POST", "/v1/resources", _create("web"), 400, ["'web'", "already used"]),
-    ("tag with spaces", "administrator", "POST", "/v1/resources", _create("my web"), 400, ["whitespace"]),
-    ("tag too long", "administrator", "POST", "/v1/resources", _create("t" * 65), 400, ["65 characters", "at most 64"]),
-    ("priority 0", "administrator", "POST", "/v1/hierarchies/web/extend", {"server": "node3", "priority": 0}, 400, ["priority 0", "1"]),
-    ("priority 1000", "administrator", "POST", "/v1/hierarchies/web/extend", {"server": "node3", "priority": 1000}, 400, ["priority 1000", "999"]),
-    ("priority used", "administrator", "POST", "/v1/hierarchies/web/extend", {"server": "node3", "priority": 10}, 409, ["priority 10", "already used by node2"]),
-    ("dependency cycle", "administrator", "POST", "/v1/dependencies", {"parent": "db", "child": "web"}, 409, ["cycle", "db -> web -> db"]),
-    ("extend without comm path", "administrator", "POST", "/v1/hierarchies/web/extend", {"server": "node3"}, 409, ["no comm path", "node3"]),
-    ("unextend where in service", "administrator", "POST", "/v1/hierarchies/web/unextend", {"server": "node1"}, 409, ["in service on node1"]),
-    ("delete a needed resource", "administrator", "DELETE", "/v1/hierarchies/db", None, 409, ["db is needed by web"]),
-    ("operator doing admin work", "operator", "POST", "/v1/resources", _create("x"), 403, ["operator", "administrator role"]),
-    ("guest switching over", "guest", "POST", "/v1/hierarchies/web/in-service", {"server": "node2"}, 403, ["guest", "operator role"]),
-    ("unknown resource", "administrator", "POST", "/v1/hierarchies/nope/in-service", {"server": "node2"}, 404, ["'nope'"]),
-    ("unknown field", "administrator", "POST", "/v1/hierarchies/web/extend", {"server": "node3", "prio": 5}, 422, ["prio"]),
-]  # fmt: skip
+@dataclass(frozen=True)
+class Case:
+    """A refused request: who sends it, what, and what the answer must say."""
+
+    name: str
+    role: str
+    method: str
+    path: str
+    body: Any
+    status: int
+    words: list[str]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_refused_and_nothing_changed(
-    lab: LabInfo, case: tuple[str, str, str, str, Any, int, list[str]]
-) -> None:
-    _, role, method, path, body, expected, words = case
+ADMIN, EXTEND, CREATE = "administrator", "/v1/hierarchies/web/extend", "/v1/resources"
+CASES = [
+    Case(
+        "unknown server",
+        ADMIN,
+        "POST",
+        CREATE,
+        _create("x", server="node9"),
+        404,
+        ["unknown server", "node9"],
+    ),
+    Case(
+        "unknown kit",
+        ADMIN,
+        "POST",
+        CREATE,
+        _create("x", kit="nope"),
+        400,
+        ["unknown kit 'nope'", "app"],
+    ),
+    Case("duplicate tag", ADMIN, "POST", CREATE, _create("web"), 400, ["'web'", "already used"]),
+    Case("tag with spaces", ADMIN, "POST", CREATE, _create("my web"), 400, ["whitespace"]),
+    Case(
+        "tag too long",
+        ADMIN,
+        "POST",
+        CREATE,
+        _create("t" * 65),
+        400,
+        ["65 characters", "at most 64"],
+    ),
+    Case(
+        "priority 0",
+        ADMIN,
+        "POST",
+        EXTEND,
+        {"server": "node3", "priority": 0},
+        400,
+        ["priority 0", "1"],
+    ),
+    Case(
+        "priority 1000",
+        ADMIN,
+        "POST",
+        EXTEND,
+        {"server": "node3", "priority": 1000},
+        400,
+        ["priority 1000", "999"],
+    ),
+    Case(
+        "priority used",
+        ADMIN,
+        "POST",
+        EXTEND,
+        {"server": "node3", "priority": 10},
+        409,
+        ["priority 10", "already used by node2"],
+    ),
+    Case(
+        "dependency cycle",
+        ADMIN,
+        "POST",
+        "/v1/dependencies",
+        {"parent": "db", "child": "web"},
+        409,
+        ["cycle", "db -> web -> db"],
+    ),
+    Case(
+        "extend without comm path",
+        ADMIN,
+        "POST",
+        EXTEND,
+        {"server": "node3"},
+        409,
+        ["no comm path", "node3"],
+    ),
+    Case(
+        "unextend where in service",
+        ADMIN,
+        "POST",
+        "/v1/hierarchies/web/unextend",
+        {"server": "node1"},
+        409,
+        ["in service on node1"],
+    ),
+    Case(
+        "delete a needed resource",
+        ADMIN,
+        "DELETE",
+        "/v1/hierarchies/db",
+        None,
+        409,
+        ["db is needed by web"],
+    ),
+    Case(
+        "operator doing admin work",
+        "operator",
+        "POST",
+        CREATE,
+        _create("x"),
+        403,
+        ["operator", "administrator role"],
+    ),
+    Case(
+        "guest switching over",
+        "guest",
+        "POST",
+        "/v1/hierarchies/web/in-service",
+        {"server": "node2"},
+        403,
+        ["guest", "operator role"],
+    ),
+    Case(
+        "unknown resource",
+        ADMIN,
+        "POST",
+        "/v1/hierarchies/nope/in-service",
+        {"server": "node2"},
+        404,
+        ["'nope'"],
+    ),
+    Case("unknown field", ADMIN, "POST", EXTEND, {"server": "node3", "prio": 5}, 422, ["prio"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_refused_and_nothing_changed(lab: LabInfo, case: Case) -> None:
+    role, method, path, body = case.role, case.method, case.path, case.body
+    expected, words = case.status, case.words
     admin, caller = Api(lab), Api(lab, role=role)
     try:
         before = admin.configuration()

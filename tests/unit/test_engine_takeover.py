@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from builders import app_resource, make_cluster, with_intent, with_observed
 from hypothesis import given, settings
 from hypothesis import strategies as st

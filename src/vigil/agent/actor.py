@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable
 from vigil.agent import intents
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.storeio import event_operation
-from vigil.engine import failover
-from vigil.engine.order import remove_waves
+from vigil.engine.order import remove_waves, restore_waves
 from vigil.engine.plan import LocalView, Step, StepKind, standby_reason
 from vigil.errors import KitError, StoreError, VigilError
-from vigil.model.cluster import Cluster, Resource
+from vigil.model.cluster import Cluster, Hierarchy, Resource
 from vigil.model.records import OwnerRecord, StateRecord, key
 from vigil.model.states import InstanceState
 from vigil.store.base import Compare, Delete, Operation, Put, Store
@@ -56,7 +55,11 @@ class Actor:
 
     async def carry_out(self, cluster: Cluster, step: Step) -> None:
         log.info("%s", step.reason)
-        hierarchy = cluster.hierarchy(next(iter(step.tags))) if step.tags <= set(cluster.resources) else None
+        hierarchy = (
+            cluster.hierarchy(next(iter(step.tags)))
+            if step.tags <= set(cluster.resources)
+            else None
+        )
         if step.kind is StepKind.RESTORE:
             await self._restore(cluster, step)
         elif step.kind is StepKind.REMOVE:
@@ -68,7 +71,13 @@ class Actor:
             )  # fmt: skip
         elif step.kind is StepKind.SWITCHBACK and hierarchy:
             await intents.move(
-                self.store, cluster, hierarchy, self.server, me=self.server, reason=step.reason, kind="switchback"
+                self.store,
+                cluster,
+                hierarchy,
+                self.server,
+                me=self.server,
+                reason=step.reason,
+                kind="switchback",
             )
         elif step.kind is StepKind.CONFIRM and hierarchy:
             await intents.ask_confirmation(
@@ -134,11 +143,37 @@ class Actor:
             cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
         )
         reason = standby_reason(cluster, hierarchy, self.server) if hierarchy else "deleted"
+        before = step.tags & self.running
         if not await self.remove_waves(cluster, step.waves, step, reason):
+            if hierarchy is not None:
+                await self._roll_back(cluster, step, hierarchy, before - self.running)
             return
         await self._release(step.release)
         await self.event(
             "removed", f"{step.hierarchy} is out of service on {self.server}", step.hierarchy
+        )
+
+    async def _roll_back(
+        self, cluster: Cluster, step: Step, hierarchy: Hierarchy, removed: frozenset[str]
+    ) -> None:
+        """A remove failed half-way (a switchover or out of service): what was already
+        stopped is restored here, and the hierarchy is wanted here again, so it is not left
+        out of service everywhere while this server still owns part of it."""
+        why = f"{step.hierarchy} could not be taken out of service on {self.server}"
+        epochs = await self._epochs(removed)
+        for wave in restore_waves(cluster, removed):
+            await asyncio.gather(
+                *(self._restore_one(cluster.resources[t], epochs.get(t, 0), step) for t in wave)
+            )
+        back = f"{why} (a remove failed): back in service on {self.server}"
+        await intents.move(
+            self.store,
+            cluster,
+            hierarchy,
+            self.server,
+            me=self.server,
+            reason=back,
+            kind="remove-failed",
         )
 
     async def remove_waves(

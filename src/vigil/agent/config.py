@@ -40,7 +40,6 @@ from pydantic import ValidationError as PydanticError
 from vigil.errors import ConfigError
 from vigil.model.names import check_server_name
 
-
 Role = Literal["administrator", "operator", "guest"]
 
 
@@ -68,7 +67,8 @@ class LeaseSettings(BaseModel):
         if needed > self.ttl + 1e-9:
             raise ValueError(
                 f"unsafe lease timing: renew_interval ({self.renew_interval}s) + 2 x "
-                f"request_timeout ({self.request_timeout}s) + safety_margin ({self.safety_margin}s) "
+                f"request_timeout ({self.request_timeout}s) + safety_margin "
+                f"({self.safety_margin}s) "
                 f"= {needed}s exceeds ttl ({self.ttl}s); a server cut off from the store could "
                 f"not stop its resources before another takes them over. Raise ttl to at "
                 f"least {needed}s or lower the other two."

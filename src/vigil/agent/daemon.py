@@ -74,17 +74,29 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def run(self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
+    async def run(
+        self, serve_api: Callable[[Agent], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
         """Run until ``stop()``; raises ``VigilError`` when the agent cannot start."""
         for error in self.kits.errors:
             log.error("%s", error)
         settings = self.config.lease
         self.store = await open_store(self.config.store, request_timeout=STORE_TIMEOUT)
         # a connection of its own, so a slow request never delays a renewal
-        self.lease_store = await open_store(self.config.store, request_timeout=settings.request_timeout)
+        self.lease_store = await open_store(
+            self.config.store, request_timeout=settings.request_timeout
+        )
         self.lease = LeaseKeeper(self.lease_store, settings, self._lease_lost, self._write_plan)
-        runner = KitRunner(self.kits, self.server, self.config.state_dir, tuple(self.config.addresses), self.cgroups)
-        self.actor = Actor(self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0)
+        runner = KitRunner(
+            self.kits,
+            self.server,
+            self.config.state_dir,
+            tuple(self.config.addresses),
+            self.cgroups,
+        )
+        self.actor = Actor(
+            self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
+        )
         self.cycle = Cycle(self.store, self.actor, lambda: bool(self.lease and self.lease.valid()))
         paths = PathMonitor(self.store, self.server, self.config.api.port)
         ensure_guard(self.config.state_dir)
@@ -98,7 +110,12 @@ class Agent:
             asyncio.create_task(housekeeping.run(self.store, self.server, lambda: self.cluster)),
         ]
         api = asyncio.create_task(serve_api(self), name="api") if serve_api else None
-        log.info("agent of %s started (store %s, api %s)", self.server, self.config.store, self.config.api.url)
+        log.info(
+            "agent of %s started (store %s, api %s)",
+            self.server,
+            self.config.store,
+            self.config.api.url,
+        )
         try:
             await self._stopping.wait()
         finally:
@@ -118,7 +135,10 @@ class Agent:
         assert self.store and self.lease
         lease_id = await self.lease.grant()
         record = ServerRecord(
-            name=self.server, api_url=self.config.api.url, addresses=self.config.addresses, registered_at=time.time()
+            name=self.server,
+            api_url=self.config.api.url,
+            addresses=self.config.addresses,
+            registered_at=time.time(),
         )
         alive = AliveRecord(started_at=self.started_at, pid=os.getpid())
         await self.store.put(key("servers", self.server), record.dump())
@@ -131,7 +151,9 @@ class Agent:
         await probe(self.actor, cluster)
         if self.server in cluster.stopped:
             await self.store.delete(key("stopped", self.server))
-            await self.actor.event("agent-started", f"{self.server} is back ({cluster.stopped[self.server]} lifted)")
+            await self.actor.event(
+                "agent-started", f"{self.server} is back ({cluster.stopped[self.server]} lifted)"
+            )
         self._write_plan()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -155,16 +177,27 @@ class Agent:
         """Record why this server stops, then hand over, remove or leave its hierarchies."""
         assert self.store and self.actor and self.cycle
         cluster = await self.cycle.refresh()
-        await self.store.put(key("stopped", self.server), StoppedRecord(mode=mode, at=time.time()).dump())
+        await self.store.put(
+            key("stopped", self.server), StoppedRecord(mode=mode, at=time.time()).dump()
+        )
         if mode is StopMode.MAINTENANCE:
-            log.info("maintenance: leaving %s running, unmonitored", ", ".join(sorted(self.actor.running)) or "nothing")
+            log.info(
+                "maintenance: leaving %s running, unmonitored",
+                ", ".join(sorted(self.actor.running)) or "nothing",
+            )
             for tag in sorted(self.actor.running):
-                await self.actor.report(tag, InstanceState.ISU, "maintenance: left running, not monitored")
-            await self.actor.event("agent-stopped", f"{self.server} stopped for maintenance; resources left running")
+                await self.actor.report(
+                    tag, InstanceState.ISU, "maintenance: left running, not monitored"
+                )
+            await self.actor.event(
+                "agent-stopped", f"{self.server} stopped for maintenance; resources left running"
+            )
             return
         if cluster.server_policy(self.server).shutdown_strategy is ShutdownStrategy.SWITCHOVER:
             await self._switch_over_all(cluster)
-        await self.actor.event("agent-stopped", f"{self.server} stopped; its hierarchies are out of service")
+        await self.actor.event(
+            "agent-stopped", f"{self.server} stopped; its hierarchies are out of service"
+        )
         await self._remove_everything("the agent is stopping")
 
     async def _switch_over_all(self, cluster: Cluster) -> None:
@@ -174,8 +207,19 @@ class Agent:
                 continue
             target = failover.choose_target(cluster, hierarchy, (self.server,))
             if target.server:
-                why = f"{self.server} is stopping (shutdown strategy switchover): {hierarchy.name} moves to {target.server}"
-                await intents.move(self.store, cluster, hierarchy, target.server, me=self.server, reason=why, kind="shutdown-switchover")
+                why = (
+                    f"{self.server} is stopping (shutdown strategy switchover): "
+                    f"{hierarchy.name} moves to {target.server}"
+                )
+                await intents.move(
+                    self.store,
+                    cluster,
+                    hierarchy,
+                    target.server,
+                    me=self.server,
+                    reason=why,
+                    kind="shutdown-switchover",
+                )
 
     async def _lease_lost(self, reason: str) -> None:
         """Self-fencing: without a lease this server may hold nothing in service."""
@@ -202,7 +246,9 @@ class Agent:
         step = Step(StepKind.REMOVE, ", ".join(running), frozenset(running), why)
         known = {tag: self.actor.known.get(tag) or cluster.resources.get(tag) for tag in running}
         resources = {tag: r for tag, r in known.items() if r is not None}
-        merged = Cluster(resources={**cluster.resources, **resources}, dependencies=cluster.dependencies)
+        merged = Cluster(
+            resources={**cluster.resources, **resources}, dependencies=cluster.dependencies
+        )
         await self.actor.remove_waves(merged, remove_waves(merged, running), step, why)
 
     # --- the fence guard's plan -------------------------------------------------------
@@ -241,7 +287,9 @@ class Agent:
         if self.cgroups.base is not None:
             plan.cgroups = [str(self.cgroups.base / tag) for tag in tags]
         for tag in tags:
-            resource = cluster.resources.get(tag) or (self.actor.known.get(tag) if self.actor else None)
+            resource = cluster.resources.get(tag) or (
+                self.actor.known.get(tag) if self.actor else None
+            )
             if resource is None or self.actor is None:
                 continue
             try:

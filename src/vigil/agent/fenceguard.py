@@ -59,14 +59,23 @@ def run(directory: Path) -> int:
                 say("the agent stopped in order; exiting")
                 return 0
             due = plan.mode == "active" and time.monotonic() >= plan.deadline
-            if due and fenced_for != plan.deadline and (plan.cgroups or plan.addresses or plan.mounts):
+            if (
+                due
+                and fenced_for != plan.deadline
+                and (plan.cgroups or plan.addresses or plan.mounts)
+            ):
                 late = time.monotonic() - plan.deadline
-                say(f"no lease renewal from agent {plan.agent_pid} by its deadline ({late:.3f}s ago): fencing")
+                say(
+                    f"no lease renewal from agent {plan.agent_pid} by its deadline "
+                    f"({late:.3f}s ago): fencing"
+                )
                 for line in fence(plan):
                     say(line)
                 fenced_for = plan.deadline
                 with contextlib.suppress(OSError):
-                    (directory / "fenced.json").write_text(json.dumps({"deadline": plan.deadline, "at": time.time()}))
+                    (directory / "fenced.json").write_text(
+                        json.dumps({"deadline": plan.deadline, "at": time.time()})
+                    )
         time.sleep(POLL)
 
 

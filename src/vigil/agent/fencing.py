@@ -60,7 +60,9 @@ class Cgroups:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            log.warning("no cgroup for %s (%s): its processes cannot be fenced as a group", tag, exc)
+            log.warning(
+                "no cgroup for %s (%s): its processes cannot be fenced as a group", tag, exc
+            )
             return None
         return path
 

@@ -63,7 +63,10 @@ async def ask_confirmation(
     """Create a pending failover confirmation (once) and record the question as an event."""
     record = ConfirmRecord(target=me, origin=origin, since=time.time()).dump()
     confirm_key = key("confirm", hierarchy.name)
-    ops = [Put(confirm_key, record), event_operation(me, "failover-confirm", reason, hierarchy=hierarchy.name)]
+    ops = [
+        Put(confirm_key, record),
+        event_operation(me, "failover-confirm", reason, hierarchy=hierarchy.name),
+    ]
     try:
         existing = await store.get(confirm_key)
         if existing is not None:
@@ -74,4 +77,3 @@ async def ask_confirmation(
         await store.txn([Compare.unchanged(existing, confirm_key)], ops)
     except StoreError as exc:
         log.warning("could not ask for confirmation of %s: %s", hierarchy.name, exc)
-

@@ -67,7 +67,9 @@ class KitRunner:
     def resource_context(self, resource: Resource, epoch: int = 0) -> tuple[Kit, KitContext]:
         kit = self.kit(resource.kit)
         cgroup = self.cgroups.path(resource.tag) if self.cgroups else None
-        return kit, self.context(resource.tag, kit, resource.properties_on(self.server), epoch, cgroup)
+        return kit, self.context(
+            resource.tag, kit, resource.properties_on(self.server), epoch, cgroup
+        )
 
     async def run(
         self,

@@ -106,6 +106,7 @@ async def run(config: AgentConfig) -> None:
     async def serve_api(agent: Agent) -> None:
         assert agent.store and agent.actor
         operations = Operations(agent.store, agent.actor.runner, agent.server)
+
         def stop(leave_resources: bool) -> None:
             agent.stop(StopMode.MAINTENANCE if leave_resources else None)
 

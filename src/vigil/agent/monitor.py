@@ -29,7 +29,9 @@ log = logging.getLogger("vigil.agent.monitor")
 
 
 class Monitor:
-    def __init__(self, actor: Actor, cluster: Callable[[], Cluster], busy: Callable[[str], bool]) -> None:
+    def __init__(
+        self, actor: Actor, cluster: Callable[[], Cluster], busy: Callable[[str], bool]
+    ) -> None:
         self.actor = actor
         self.cluster = cluster
         self.busy = busy
@@ -116,7 +118,9 @@ class Monitor:
         resource = self.cluster().resources[tag]
         self.actor.recoveries.setdefault(tag, []).append(time.time())
         await self.actor.report(tag, InstanceState.ISP, f"recovering ({why})")
-        await self.actor.event("recovery-started", f"recovering {tag} on {self.actor.server}: {why}")
+        await self.actor.event(
+            "recovery-started", f"recovering {tag} on {self.actor.server}: {why}"
+        )
         try:
             ok = await self.actor.runner.recover(resource)
         except VigilError as exc:
@@ -126,7 +130,9 @@ class Monitor:
             await self.actor.report(tag, InstanceState.ISP, "in service (recovered locally)")
             await self.actor.event("recovered", f"{tag} recovered locally on {self.actor.server}")
         else:
-            await self.actor.event("recovery-failed", f"local recovery of {tag} on {self.actor.server} failed")
+            await self.actor.event(
+                "recovery-failed", f"local recovery of {tag} on {self.actor.server} failed"
+            )
         return ok
 
     async def _fail_over(self, cluster: Cluster, tag: str, cause: str) -> None:
@@ -135,15 +141,27 @@ class Monitor:
         blocked = failover.resource_failover_blocked(cluster, hierarchy, tag, me)
         if blocked:
             await self.actor.report(tag, InstanceState.OSF, f"{cause}; not failed over: {blocked}")
-            await self.actor.event("failover-blocked", f"{hierarchy.name} stays on {me}: {blocked}", hierarchy.name)
+            await self.actor.event(
+                "failover-blocked", f"{hierarchy.name} stays on {me}: {blocked}", hierarchy.name
+            )
             return
         self.actor.failed_tags[tag] = cause
         target = failover.choose_target(cluster, hierarchy, (me,))
         if target.server is None:
             reason = f"{hierarchy.name} taken out of service on {me}: {cause}; {target.reason}"
-            await intents.move(self.actor.store, cluster, hierarchy, None, me=me, reason=reason, kind="failover-impossible")
+            await intents.move(
+                self.actor.store,
+                cluster,
+                hierarchy,
+                None,
+                me=me,
+                reason=reason,
+                kind="failover-impossible",
+            )
             return
-        reason = f"failing {hierarchy.name} over from {me} to {target.server}: {cause}; {target.reason}"
+        reason = (
+            f"failing {hierarchy.name} over from {me} to {target.server}: {cause}; {target.reason}"
+        )
         await intents.move(
             self.actor.store,
             cluster,

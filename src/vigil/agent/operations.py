@@ -86,6 +86,8 @@ class Operations:
         problems = []
         for name in sorted(kit.Properties.unique_fields()):
             value = resource.properties_on(server).get(name)
+            if value is None:
+                continue  # an optional unique value that is not set collides with nothing
             for other in cluster.resources.values():
                 if other.tag == resource.tag or other.kit != resource.kit:
                     continue
@@ -272,6 +274,10 @@ class Operations:
                     False,
                     f"{hierarchy.name} could not be brought in service on {server}: {detail}",
                 )
+            intent = cluster.intent(hierarchy)
+            if intent and intent.revision > revision and intent.server != server:
+                detail = f"{hierarchy.name} is now wanted on {intent.server}: {intent.reason}"
+                return Outcome(summary, False, detail)
             if all(s.state.in_service for s in states.values()) and _owned_by(
                 cluster, hierarchy, server
             ):

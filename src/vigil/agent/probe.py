@@ -54,10 +54,18 @@ async def probe(actor: Actor, cluster: Cluster) -> None:
             for tag in found:
                 actor.known[tag] = cluster.resources[tag]
                 await actor.report(tag, InstanceState.ISP, "in service (found running at start)")
-            await actor.event("probe-adopted", f"{step.reason}: wanted here, adopted", hierarchy.name)
+            await actor.event(
+                "probe-adopted", f"{step.reason}: wanted here, adopted", hierarchy.name
+            )
             continue
-        where = f"owned by {', '.join(sorted(others))}" if others else f"wanted on {wanted or 'no server'}"
-        await actor.event("probe-removed", f"{step.reason} but {where}: removing it here", hierarchy.name)
+        where = (
+            f"owned by {', '.join(sorted(others))}"
+            if others
+            else f"wanted on {wanted or 'no server'}"
+        )
+        await actor.event(
+            "probe-removed", f"{step.reason} but {where}: removing it here", hierarchy.name
+        )
         actor.running.update(found)
         waves = remove_waves(cluster, found)
         await actor.remove_waves(cluster, waves, step, f"removed at start: {where}")

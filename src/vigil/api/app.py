@@ -122,7 +122,8 @@ def create_app(
         # a secret shown masked and sent back unchanged keeps its value
         kept = {k: v for k, v in body.properties.items() if v != views.MASK}
         per_server = {
-            s: {k: v for k, v in p.items() if v != views.MASK} for s, p in body.server_properties.items()
+            s: {k: v for k, v in p.items() if v != views.MASK}
+            for s, p in body.server_properties.items()
         }
         return _result(
             await operations.configure(changes.update_properties, who.name, tag, kept, per_server)

@@ -34,7 +34,9 @@ async def server_policies(server: str, who: Who, request: Request) -> dict[str, 
     return dict(policy)
 
 
-@router.patch("/v1/servers/{server}/policies", response_model=schemas.OperationResult, tags=["policies"])
+@router.patch(
+    "/v1/servers/{server}/policies", response_model=schemas.OperationResult, tags=["policies"]
+)
 async def edit_server_policies(
     server: str, body: dict[str, Any], who: Who, request: Request
 ) -> schemas.OperationResult:
@@ -45,7 +47,9 @@ async def edit_server_policies(
     return schemas.OperationResult(**vars(outcome))
 
 
-@router.patch("/v1/resources/{tag}/policies", response_model=schemas.OperationResult, tags=["policies"])
+@router.patch(
+    "/v1/resources/{tag}/policies", response_model=schemas.OperationResult, tags=["policies"]
+)
 async def edit_resource_policies(
     tag: str, body: dict[str, Any], who: Who, request: Request
 ) -> schemas.OperationResult:
@@ -57,7 +61,9 @@ async def edit_resource_policies(
 
 
 @router.post("/v1/hierarchies/{tag}/confirm-failover", tags=["hierarchies"])
-async def confirm_failover(tag: str, body: schemas.ConfirmFailover, who: Who, request: Request) -> dict[str, str]:
+async def confirm_failover(
+    tag: str, body: schemas.ConfirmFailover, who: Who, request: Request
+) -> dict[str, str]:
     """Answer a failover waiting for confirmation: proceed (yes) or block (no)."""
     who.require("operator", "confirm failovers")
     operations = _ops(request)
@@ -71,7 +77,9 @@ async def confirm_failover(tag: str, body: schemas.ConfirmFailover, who: Who, re
     answered = pending.model_copy(update={"decision": body.proceed})
     done = await operations.store.txn([Compare.unchanged(item)], [Put(item.key, answered.dump())])
     if not done.succeeded:
-        raise Conflict(f"the failover of {name} changed meanwhile: look at 'vigil status' and answer again")
+        raise Conflict(
+            f"the failover of {name} changed meanwhile: look at 'vigil status' and answer again"
+        )
     verb = "confirmed" if body.proceed else "refused"
     return {"summary": f"failover of {name} to {pending.target} {verb} by {who.name}"}
 
@@ -84,7 +92,11 @@ async def stop_agent(server: str, body: schemas.StopAgent, who: Who, request: Re
     if forwarded is not None:
         return forwarded
     request.app.state.stop_agent(body.leave_resources)
-    mode = "maintenance: resources left running" if body.leave_resources else "its hierarchies go out of service"
+    mode = (
+        "maintenance: resources left running"
+        if body.leave_resources
+        else "its hierarchies go out of service"
+    )
     return {"summary": f"the agent of {server} is stopping ({mode})"}
 
 
@@ -98,7 +110,11 @@ async def events(
     deadline = time.monotonic() + min(wait, 60.0)
     while True:
         snapshot = await store.get_prefix(key("events", ""))
-        items = [kv for kv in snapshot.items if kv.key.rsplit("/", 1)[1] > after] if after else list(snapshot.items)
+        items = (
+            [kv for kv in snapshot.items if kv.key.rsplit("/", 1)[1] > after]
+            if after
+            else list(snapshot.items)
+        )
         if items or time.monotonic() >= deadline:
             return [_event(kv.key, kv.value) for kv in items[-limit:]]
         await asyncio.sleep(0.2)
@@ -106,7 +122,9 @@ async def events(
 
 def _event(full_key: str, value: bytes) -> schemas.EventView:
     record = EventRecord.model_validate_json(value)
-    return schemas.EventView(id=full_key.rsplit("/", 1)[1], **record.model_dump(exclude={"schema_version"}))
+    return schemas.EventView(
+        id=full_key.rsplit("/", 1)[1], **record.model_dump(exclude={"schema_version"})
+    )
 
 
 @router.get("/v1/hierarchies/{tag}/why", tags=["hierarchies"])

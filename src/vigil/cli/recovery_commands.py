@@ -39,7 +39,9 @@ def server_policy(
 
 
 @app.command("policy")
-def resource_policy(tag: str, prop: Props = None, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def resource_policy(
+    tag: str, prop: Props = None, url: Url = None, token: Token = None, as_json: Json = False
+) -> None:
     """Show a resource's policies, or set them with --property NAME=VALUE: local_recovery,
     failover, recovery_limit, recovery_period, quick_check_interval, deep_check_interval;
     on a hierarchy's root: switchback (intelligent|automatic), automatic_failover, n_plus_one."""
@@ -63,14 +65,18 @@ def confirm_failover(
     """Answer a failover of TAG's hierarchy that waits for an operator."""
     if yes == no:
         raise CliError("give exactly one of --yes and --no", client.EXIT_REFUSED)
-    _done(_call("POST", f"/v1/hierarchies/{tag}/confirm-failover", url, token, {"proceed": yes}), as_json)
+    _done(
+        _call("POST", f"/v1/hierarchies/{tag}/confirm-failover", url, token, {"proceed": yes}),
+        as_json,
+    )
 
 
 @agent_app.command("stop")
 def agent_stop(
     server: Annotated[str, typer.Option("--server", help="whose agent to stop")],
     leave_resources: Annotated[
-        bool, typer.Option("--leave-resources", help="maintenance: resources keep running, unmonitored")
+        bool,
+        typer.Option("--leave-resources", help="maintenance: resources keep running, unmonitored"),
     ] = False,
     url: Url = None,
     token: Token = None,
@@ -83,7 +89,9 @@ def agent_stop(
 
 
 @agent_app.command("start")
-def agent_start(config: Annotated[Path, typer.Option("--config", help="agent configuration (TOML)")]) -> None:
+def agent_start(
+    config: Annotated[Path, typer.Option("--config", help="agent configuration (TOML)")],
+) -> None:
     """Start the agent of this machine in the background (it probes what runs first)."""
     from vigil.agent.config import load_config
 
@@ -108,10 +116,14 @@ def why(tag: str, url: Url = None, token: Token = None, as_json: Json = False) -
 
     def show(d: dict[str, Any]) -> None:
         where = d["wanted_on"] or "out of service"
-        output.console.print(f"[bold]{d['hierarchy']}[/] ({', '.join(d['resources'])}): wanted on {where}")
+        output.console.print(
+            f"[bold]{d['hierarchy']}[/] ({', '.join(d['resources'])}): wanted on {where}"
+        )
         output.console.print(f"  because: {d['because']}")
         if d["failover_origin"]:
-            output.console.print(f"  failover from {d['failover_origin']}; tried: {', '.join(d['tried'])}")
+            output.console.print(
+                f"  failover from {d['failover_origin']}; tried: {', '.join(d['tried'])}"
+            )
         _print_events(d["events"])
 
     _done(data, as_json, show)
@@ -140,12 +152,16 @@ def plan(
 def _print_events(items: list[dict[str, Any]]) -> None:
     for e in items:
         when = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-        output.console.print(f"{when} {e['server']:<8} {e['kind']:<18} {e['message']}", highlight=False)
+        output.console.print(
+            f"{when} {e['server']:<8} {e['kind']:<18} {e['message']}", highlight=False
+        )
 
 
 @app.command()
 def events(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new events")
+    ] = False,
     limit: int = 50,
     url: Url = None,
     token: Token = None,

@@ -153,11 +153,16 @@ def update_policies(cluster: Cluster, tag: str, values: Mapping[str, object]) ->
             f"{cluster.hierarchy(tag).name}, not {tag}"
         )
     merged = _merge(resource.policies, values)
-    parse_policy(ResourcePolicy, {k: v for k, v in merged.items() if k in RESOURCE_POLICY_NAMES}, tag)
-    parse_policy(HierarchyPolicy, {k: v for k, v in merged.items() if k in HIERARCHY_POLICY_NAMES}, tag)
+    parse_policy(
+        ResourcePolicy, {k: v for k, v in merged.items() if k in RESOURCE_POLICY_NAMES}, tag
+    )
+    parse_policy(
+        HierarchyPolicy, {k: v for k, v in merged.items() if k in HIERARCHY_POLICY_NAMES}, tag
+    )
     return Change(
         resources={tag: replace(resource, policies=merged)},
-        summary=f"updated the policies of {tag}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
+        summary=f"updated the policies of {tag}: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
     )
 
 
@@ -170,7 +175,8 @@ def update_server_policy(cluster: Cluster, server: str, values: Mapping[str, obj
     stored = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(policy).items()}
     return Change(
         server_policies={server: stored},
-        summary=f"updated the policies of {server}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
+        summary=f"updated the policies of {server}: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(values.items())),
     )
 
 

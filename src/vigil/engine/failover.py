@@ -69,16 +69,16 @@ def ineligibility(
     return n_plus_one_conflict(cluster, hierarchy, server)
 
 
-def choose_target(
-    cluster: Cluster, hierarchy: Hierarchy, exclude: tuple[str, ...] = ()
-) -> Target:
+def choose_target(cluster: Cluster, hierarchy: Hierarchy, exclude: tuple[str, ...] = ()) -> Target:
     """The preferred eligible server for ``hierarchy``, skipping ``exclude``."""
     prio = priorities(cluster, hierarchy)
     refusals = []
     for server in sorted(prio, key=lambda s: (prio[s], s)):
         why = ineligibility(cluster, hierarchy, server, exclude)
         if why is None:
-            return Target(server, f"{server} is the preferred eligible server (priority {prio[server]})")
+            return Target(
+                server, f"{server} is the preferred eligible server (priority {prio[server]})"
+            )
         refusals.append(why)
     return Target(None, "no server can take it: " + "; ".join(refusals))
 
@@ -92,7 +92,9 @@ def failover_blocked(cluster: Cluster, hierarchy: Hierarchy, origin: str) -> str
     return None
 
 
-def resource_failover_blocked(cluster: Cluster, hierarchy: Hierarchy, tag: str, server: str) -> str | None:
+def resource_failover_blocked(
+    cluster: Cluster, hierarchy: Hierarchy, tag: str, server: str
+) -> str | None:
     """Why a failed resource on ``server`` may not move the hierarchy, or None."""
     blocked = failover_blocked(cluster, hierarchy, server)
     if blocked:

@@ -178,7 +178,9 @@ def _confirmed(cluster: Cluster, me: str, hierarchy: Hierarchy, step: Step, now:
         )
         return replace(step, kind=StepKind.CONFIRM, reason=why)
     if pending.decision is None and now - pending.since < policy.confirm_timeout:
-        return replace(step, kind=StepKind.WAIT, reason=f"{hierarchy.name}: failover awaits confirmation")
+        return replace(
+            step, kind=StepKind.WAIT, reason=f"{hierarchy.name}: failover awaits confirmation"
+        )
     proceed = pending.decision
     if proceed is None:
         proceed = policy.confirm_default is ConfirmDefault.PROCEED

@@ -143,7 +143,8 @@ class KitProperties(BaseModel):
     @classmethod
     def secret_fields(cls) -> set[str]:
         """Fields never shown by the API or logged (``{"secret": True}``)."""
-        return {name for name, f in cls.model_fields.items() if _extra(f.json_schema_extra, "secret")}
+        fields = cls.model_fields.items()
+        return {name for name, f in fields if _extra(f.json_schema_extra, "secret")}
 
     @classmethod
     def unique_fields(cls) -> set[str]:

@@ -111,7 +111,7 @@ async def run_command(
     argv: Sequence[str] | str,
     *,
     log: Logger,
-    timeout: float | None = None,  # noqa: ASYNC109 (raises KitTimeout after killing the group)
+    timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     shell: bool = False,
