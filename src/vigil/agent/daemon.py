@@ -259,11 +259,14 @@ class Agent:
         if not self.lease or not self.actor:
             return
         template = self._fence_template()
+        # the agent stops trusting its lease at trusted_until and removes gracefully; the
+        # guard escalates (kills) half a safety margin later, still before the lease expires
+        deadline = self.lease.trusted_until + self.config.lease.safety_margin / 2
         plan = FencePlan(
             self.server,
             os.getpid(),
             mode,
-            self.lease.trusted_until,
+            deadline,
             list(template.cgroups),
             list(template.addresses),
             list(template.mounts),

@@ -6,8 +6,9 @@ Three layers, from the agent's own to the one that needs no agent at all:
 2. Every resource's processes run in their own cgroup (``<cgroup2>/vigil/<server>/<tag>``),
    so "remove everything" can kill them all, whatever the kit's scripts did.
 3. The **fence guard**, a small separate process per server (``fenceguard``), reads the
-   *fence plan* this module writes after every lease renewal: a deadline (the agent's
-   trust limit on the system-wide monotonic clock) and what to undo. If the deadline
+   *fence plan* this module writes after every lease renewal: a deadline (half a safety
+   margin after the agent's own trust limit, on the system-wide monotonic clock: the agent
+   gets that long to remove gracefully, the guard then escalates) and what to undo. If it
    passes without a renewal (the agent was SIGKILLed, frozen by SIGSTOP, or cut off from
    the store), the guard kills the cgroups, deletes the addresses and unmounts the
    volumes, before the lease can expire anywhere else.
