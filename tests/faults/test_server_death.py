@@ -1,0 +1,264 @@
+"""The owner's agent dies (SIGKILL), freezes (SIGSTOP) or loses its link: its resources are
+taken down on its server before the preferred backup takes over; cascading over three
+servers; no server left; switchback; automatic failover off. On every store the lab
+offers; the dual-active probe runs through every test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.faults.cluster import Cluster, wait_until
+from tests.faults.conftest import STORES, lab_has_stores
+from tests.faults.probe import DualActiveProbe
+
+pytestmark = pytest.mark.lab
+
+#: the etcd lab takes subnet 52 once it exists (see STORES in conftest.py)
+LABS = {"embedded": ("tfdie", 51), "etcd": ("tfdie-e", 52)}
+WEB = 8080
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def assert_fenced_before_takeover(cluster: Cluster, server: str, killed_at: float) -> None:
+    """The fence guard of ``server`` killed the service there, after ``killed_at``, and
+    before any other server began restoring it."""
+    log = cluster.guard_log(server)
+    assert "fencing" in log and "killed 1 process(es) of " in log, log[-1500:]
+    fenced = json.loads((cluster.root / server / "state" / "fenced.json").read_text())
+    assert fenced["at"] >= killed_at - 1, fenced
+    restores = [
+        e for e in cluster.events() if e["kind"] == "restore-started" and e["at"] > killed_at
+    ]
+    assert restores and all(e["at"] > fenced["at"] for e in restores), (fenced, restores)
+
+
+def test_agent_sigkill_fenced_and_backup_takes_over(
+    cluster: Cluster, probe: DualActiveProbe
+) -> None:
+    cluster.create("die1")
+    mark = cluster.mark()
+    killed_at, t0 = time.time(), time.monotonic()
+    cluster.kill_agent("node1", signal.SIGKILL)
+    gone = probe.wait(lambda s: "node1" not in s.ran(WEB), 10, "the service gone from node1")
+    up = probe.answering_only(WEB, "node2")
+    print(f"service gone from node1 {gone.at - t0:.2f}s, up on node2 {up.at - t0:.2f}s after")
+    event = cluster.wait_event(mark, "failover-started", hierarchy="die1", server="node2")
+    assert "node1 is down" in event["message"]
+    assert_fenced_before_takeover(cluster, "node1", killed_at)
+    seen = cluster.wait_states("die1", {"node1": "UNKNOWN", "node2": "ISP", "node3": "OSU"})
+    assert "not running" in seen["node1"]["reason"]
+    assert cluster.server_view("node1")["state"] == "DEAD"
+    view = cluster.hierarchy("die1")
+    assert (view["active_server"], view["wanted_on"]) == ("node2", "node2")
+    why = cluster.ok("GET", "/v1/hierarchies/die1/why")
+    assert why["failover_origin"] == "node1" and why["owners"] == ["node2"]
+
+
+def test_agent_sigstop_fenced_then_rejoins_without_resources(
+    cluster: Cluster, probe: DualActiveProbe
+) -> None:
+    cluster.create("die2")
+    mark = cluster.mark()
+    stopped_at = time.time()
+    cluster.kill_agent("node1", signal.SIGSTOP)
+    probe.wait(lambda s: "node1" not in s.ran(WEB), 10, "the service gone from frozen node1")
+    probe.answering_only(WEB, "node2")
+    cluster.wait_event(mark, "failover-started", hierarchy="die2", server="node2")
+    assert_fenced_before_takeover(cluster, "node1", stopped_at)
+    assert cluster.states("die2")["node1"] == "UNKNOWN"
+    # the frozen agent wakes up: it finds its lease lost and rejoins, holding nothing
+    cluster.thaw_agent("node1")
+    wait_until(lambda: cluster.server_view("node1")["state"] != "DEAD", 30, "node1 alive again")
+    seen = cluster.wait_states("die2", {"node1": "OSU", "node2": "ISP", "node3": "OSU"})
+    assert "node2" in seen["node1"]["reason"], seen["node1"]
+    probe.steady(WEB, "node2", 3.0)
+    log = cluster.agent_log("node1")
+    assert "lost" in log and "fencing node1" in log, log[-2000:]
+
+
+def test_link_cut_owner_fences_itself_and_backup_takes_over(
+    cluster: Cluster, probe: DualActiveProbe, store: str
+) -> None:
+    if store == "embedded":
+        reason = (
+            "a link cut does not cut a server off the embedded store (a local file): "
+            "needs a lab on etcd"
+        )
+        if not lab_has_stores():
+            reason += ", and Lab.up has no store option yet"
+        pytest.skip(reason)
+    cluster.create("die3")
+    mark = cluster.mark()
+    cut_at = time.time()
+    cluster.link("node1", up=False)
+    cluster.down.add("node1")
+    probe.wait(lambda s: "node1" not in s.ran(WEB), 15, "node1 fenced itself")
+    probe.answering_only(WEB, "node2")
+    cluster.wait_event(mark, "failover-started", hierarchy="die3", server="node2")
+    log = cluster.agent_log("node1")
+    assert "fencing node1" in log, log[-2000:]
+    restores = [e for e in cluster.events(mark) if e["kind"] == "restore-started"]
+    assert all(e["at"] > cut_at for e in restores)
+    cluster.link("node1", up=True)
+    cluster.down.discard("node1")
+    cluster.wait_states("die3", {"node1": "OSU", "node2": "ISP"}, timeout=60)
+    probe.steady(WEB, "node2", 2.0)
+
+
+def test_cascade_across_three_servers(cluster: Cluster, probe: DualActiveProbe) -> None:
+    cluster.create("die4")
+    cluster.fail_restore("node2", "die4")
+    mark = cluster.mark()
+    cluster.kill_agent("node1")
+    failed = cluster.wait_event(mark, "restore-failed", hierarchy="die4", server="node2")
+    assert "fail-restore marker on node2" in failed["message"]
+    probe.answering_only(WEB, "node3")
+    cluster.wait_states("die4", {"node3": "ISP"})
+    why = cluster.ok("GET", "/v1/hierarchies/die4/why")
+    assert why["wanted_on"] == "node3" and why["owners"] == ["node3"], why
+    assert set(why["tried"]) >= {"node1", "node2"}, why
+    # node2 is repaired; then node3 dies too: the next server that can take it does
+    cluster.fail_restore("node2", "die4", fail=False)
+    again = cluster.mark()
+    cluster.kill_agent("node3")
+    probe.answering_only(WEB, "node2")
+    cluster.wait_event(again, "restored", hierarchy="die4", server="node2")
+    cluster.wait_states("die4", {"node2": "ISP", "node1": "UNKNOWN", "node3": "UNKNOWN"})
+
+
+@pytest.mark.parametrize("fault", ["server-death", "resource-failure"])
+def test_no_server_can_take_it_stays_out_of_service(
+    cluster: Cluster, probe: DualActiveProbe, fault: str
+) -> None:
+    tag = f"die5-{fault[0]}"
+    cluster.create(tag)
+    for server in ("node2", "node3"):
+        cluster.fail_restore(server, tag)
+    mark = cluster.mark()
+    if fault == "server-death":
+        cluster.kill_agent("node1")
+    else:
+        cluster.resource_policy(tag, local_recovery=False)
+        cluster.kill_service("node1", tag)
+    for server in ("node2", "node3"):
+        cluster.wait_event(mark, "restore-failed", hierarchy=tag, server=server)
+    wait_until(lambda: cluster.hierarchy(tag)["status"] == "Failed", 30, f"{tag} Failed")
+    seen = cluster.wait_states(tag, {"node3": "OSF"})
+    assert "restore failed" in seen["node3"]["reason"], seen
+    probe.steady(WEB, None, 2.0)
+    why = "no server can take it: node1 already failed to restore it; node2 already failed"
+    wait_until(
+        lambda: any(why in cluster.agent_log(s) for s in ("node2", "node3")),
+        10,
+        "an agent log saying why nobody takes it",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: after a cascade the servers that failed to restore show OSU, not OSF (their "
+    "failure is overwritten as soon as the intent moves on), and when no server is left "
+    "only the agent log says why: no event does",
+)
+def test_no_server_can_take_it_event_says_why_and_failures_stay_osf(
+    cluster: Cluster, probe: DualActiveProbe
+) -> None:
+    cluster.create("die8")
+    for server in ("node2", "node3"):
+        cluster.fail_restore(server, "die8")
+    mark = cluster.mark()
+    cluster.kill_agent("node1")
+    cluster.wait_event(mark, "restore-failed", hierarchy="die8", server="node3")
+    wait_until(lambda: cluster.hierarchy("die8")["status"] == "Failed", 30, "die8 Failed")
+    probe.steady(WEB, None, 1.0)
+    states = cluster.instances("die8")
+    events = cluster.events(mark)
+    why = [e["kind"] for e in events if "no server can take it" in e["message"]]
+    assert why, f"no event says why; events: {[e['kind'] for e in events]}"
+    assert states["node2"]["state"] == "OSF", states["node2"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a server that failed to restore during a cascading failover shows OSU "
+    "('in service on node3'), not OSF, and the hierarchy status stays Normal",
+)
+def test_failed_restore_in_a_cascade_stays_visible(
+    cluster: Cluster, probe: DualActiveProbe
+) -> None:
+    cluster.create("die9")
+    cluster.fail_restore("node2", "die9")
+    mark = cluster.mark()
+    cluster.kill_agent("node1")
+    cluster.wait_event(mark, "restore-failed", hierarchy="die9", server="node2")
+    probe.answering_only(WEB, "node3")
+    cluster.wait_states("die9", {"node3": "ISP"})
+    cluster.start_agent("node1")
+    cluster.wait_states("die9", {"node1": "OSU", "node3": "ISP"})
+    seen = cluster.instances("die9")["node2"]
+    assert (seen["state"], "restore failed" in seen["reason"]) == ("OSF", True), seen
+    assert cluster.hierarchy("die9")["status"] == "Warning"
+
+
+@pytest.mark.parametrize("switchback", ["intelligent", "automatic"])
+def test_switchback_after_the_primary_returns(
+    cluster: Cluster, probe: DualActiveProbe, switchback: str
+) -> None:
+    tag = f"die6-{switchback[0]}"
+    cluster.create(tag)
+    cluster.resource_policy(tag, switchback=switchback)
+    cluster.kill_agent("node1")
+    probe.answering_only(WEB, "node2")
+    cluster.wait_states(tag, {"node2": "ISP"})
+    mark = cluster.mark()
+    cluster.start_agent("node1")
+    if switchback == "intelligent":
+        cluster.wait_states(tag, {"node1": "OSU", "node2": "ISP", "node3": "OSU"})
+        probe.steady(WEB, "node2", 3.0)
+        assert "switchback" not in cluster.kinds(mark)
+    else:
+        event = cluster.wait_event(mark, "switchback", hierarchy=tag, server="node1")
+        assert "automatic switchback" in event["message"]
+        probe.answering_only(WEB, "node1")
+        cluster.wait_states(tag, {"node1": "ISP", "node2": "OSU", "node3": "OSU"})
+
+
+@pytest.mark.parametrize("where", ["hierarchy", "server"])
+def test_automatic_failover_off_no_takeover(
+    cluster: Cluster, probe: DualActiveProbe, where: str
+) -> None:
+    tag = f"die7-{where[0]}"
+    cluster.create(tag)
+    if where == "hierarchy":
+        cluster.resource_policy(tag, automatic_failover=False)
+        expected = f"automatic failover is off for {tag}"
+    else:
+        cluster.server_policy("node1", failover=False)
+        expected = "automatic failover is off for node1"
+    plan = cluster.ok("GET", "/v1/plan?fail=node1")
+    assert [(p["hierarchy"], p["target"]) for p in plan] == [(tag, None)], plan
+    assert expected in plan[0]["why"]
+    mark = cluster.mark()
+    cluster.kill_agent("node1")
+    probe.wait(lambda s: not s.ran(WEB), 10, "node1's service fenced")
+    # several lease lifetimes (1.5 s) later, still nobody took it over, and we know why
+    probe.steady(WEB, None, 4.0)
+    assert "failover-started" not in cluster.kinds(mark)
+    wait_until(
+        lambda: expected in cluster.agent_log("node2") and expected in cluster.agent_log("node3"),
+        10,
+        "the backups' logs say why they do not take over",
+    )
+    assert cluster.hierarchy(tag)["status"] == "Unknown"
+    # when node1 is back, the hierarchy comes back in service there
+    cluster.start_agent("node1")
+    probe.answering_only(WEB, "node1")
