@@ -33,223 +33,36 @@ run stops by itself; everything is torn down at the end, on error and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import inspect
 import json
 import os
-import re
 import signal
-import statistics
+import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlab
-import probe
 from anchors.keepalived import Keepalived
 from anchors.pacemaker import Pacemaker, PacemakerCluster
-from benchlab import PORT, BenchLab
+from benchlab import BenchLab
+from report import Row, run_text, table
+from runs import Subject, keep_logs, run_once
 from vigil_hierarchy import Vigil
 
 from vigil.agent.config import LeaseSettings
+from vigil.errors import LabError
+from vigil.lab.lab import Lab
 
 SCENARIOS = ("sigkill", "linkcut")
 TOOLS = ("vigil", "keepalived", "pacemaker")
 #: vigil's fastest safe lease settings: the smallest values that pass the timing rule
 #: renew_interval + 2 x request_timeout + safety_margin <= ttl (safety_margin >= 0.1)
 FAST = LeaseSettings(ttl=0.4, renew_interval=0.1, request_timeout=0.1, safety_margin=0.1)
-STEADY_TIMEOUT = 120.0
-
-
-class Subject(Protocol):
-    """A tool at one setting, as the bench drives it."""
-
-    tool: str
-    setting: str
-    window: float  # seconds after the fault to wait for another server to answer
-
-    def unsupported(self, scenario: str) -> str | None: ...
-    def start(self) -> None: ...
-    def ready(self) -> str | None: ...
-    def kill_manager(self, server: str) -> str: ...
-    def repair(self, server: str, scenario: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-@dataclass
-class Run:
-    tool: str
-    setting: str
-    scenario: str
-    number: int
-    active: str | None = None
-    fault: str = ""
-    outage: float | None = None
-    after: str | None = None
-    address_overlap: float = 0.0
-    service_overlap: float = 0.0
-    client_flips: int = 0
-    lost: int = 0
-    error: str | None = None
-    diagnosis: str | None = None
-    watcher_errors: list[str] = field(default_factory=list)
-
-    @property
-    def dual(self) -> bool:
-        return self.address_overlap > 0 or self.service_overlap > 0 or self.client_flips > 0
-
-
-@dataclass
-class Row:
-    scenario: str
-    tool: str
-    setting: str
-    runs: list[Run] = field(default_factory=list)
-    reason: str | None = None  # why it could not be run
-
-
-# --- one run -----------------------------------------------------------------------------
-
-
-def _recent(samples: list[probe.Sample], since: float) -> list[probe.Sample]:
-    out = []
-    for sample in reversed(samples):
-        if sample.at < since:
-            break
-        out.append(sample)
-    return out
-
-
-def steady_server(
-    bench: BenchLab,
-    subject: Subject,
-    watchers: dict[str, probe.Watcher],
-    client: probe.ClientProbe,
-    settle: float,
-) -> str:
-    """Wait for the steady state; the active server. RuntimeError after STEADY_TIMEOUT."""
-    deadline = time.monotonic() + STEADY_TIMEOUT
-    why = "nothing checked yet"
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        why = subject.ready() or ""
-        if why:
-            continue
-        now = time.monotonic()
-        since = now - settle
-        recent = {s: _recent(w.samples, since) for s, w in watchers.items()}
-        if any(w.error for w in watchers.values()):
-            raise RuntimeError(f"watcher failed: {[w.error for w in watchers.values()]}")
-        if any(
-            len(r) < settle / w.interval * 0.5
-            for r, w in zip(recent.values(), watchers.values(), strict=True)
-        ):
-            why = "watchers have too few samples yet"
-            continue
-        holders = {s for s, r in recent.items() if all(x.address for x in r)}
-        running = {s for s, r in recent.items() if all(x.service for x in r)}
-        others = {s for s, r in recent.items() if any(x.address or x.service for x in r)}
-        if len(holders) != 1 or holders != running or others != holders:
-            why = (
-                f"address on {sorted(holders)}, service on {sorted(running)}, "
-                f"seen on {sorted(others)}"
-            )
-            continue
-        (active,) = holders
-        answers = [a for a in client.answers() if a.sent >= since and a.sent < now - 0.3]
-        if len(answers) < settle / client.interval * 0.5:
-            why = "the client has too few answers yet"
-            continue
-        if any(a.who != active for a in answers):
-            why = f"the client is not answered by {active} alone"
-            continue
-        return active
-    raise RuntimeError(f"no steady state within {STEADY_TIMEOUT:.0f} s: {why}")
-
-
-def recovered(client: probe.ClientProbe, failed: str, fault: float, hold: float) -> bool:
-    """Whether another server than ``failed`` has answered every request for ``hold`` s."""
-    answers = client.answers()
-    if not answers or answers[-1].sent < fault + hold:
-        return False
-    end = answers[-1].sent
-    for answer in reversed(answers):
-        if answer.sent < fault:
-            return False
-        if answer.who is None or answer.who == failed:
-            return False
-        if end - answer.sent >= hold:
-            return True
-    return False
-
-
-def run_once(
-    bench: BenchLab, subject: Subject, scenario: str, number: int, settle: float, hold: float
-) -> Run:
-    run = Run(subject.tool, subject.setting, scenario, number)
-    watchers = {s: probe.Watcher(s, bench.netns_path(s), bench.vip, PORT) for s in bench.servers}
-    client = probe.ClientProbe(
-        bench.client_enter, bench.vip, PORT, max_seconds=STEADY_TIMEOUT + 120 + subject.window
-    )
-    fault = None
-    link_down = None
-    try:
-        try:
-            run.active = steady_server(bench, subject, watchers, client, settle)
-        except RuntimeError as exc:
-            run.error = str(exc)
-            return run
-        fault = time.monotonic()
-        if scenario == "sigkill":
-            run.fault = subject.kill_manager(run.active)
-        else:
-            link_down = run.active
-            bench.set_link(run.active, up=False)
-            run.fault = f"host veth of {run.active} down"
-        deadline = fault + subject.window + hold
-        while time.monotonic() < deadline and not recovered(client, run.active, fault, hold):
-            time.sleep(0.1)
-        time.sleep(0.3)  # the last requests' answers
-    finally:
-        answers = client.stop()
-        samples = {s: w.stop() for s, w in watchers.items()}
-        if link_down:
-            bench.set_link(link_down, up=True)
-    run.watcher_errors = [f"{s}: {w.error}" for s, w in watchers.items() if w.error]
-    outcome = probe.analyse(answers, samples, fault, run.active, client.interval)
-    if outcome.outage is not None and outcome.after == run.active:
-        outcome = probe.Outcome(None, *list(asdict(outcome).values())[1:])  # never moved
-    run.outage = outcome.outage
-    run.after = outcome.after
-    run.address_overlap = round(outcome.address_overlap, 3)
-    run.service_overlap = round(outcome.service_overlap, 3)
-    run.client_flips = outcome.client_flips
-    run.lost = outcome.lost
-    if run.outage is None and hasattr(subject, "diagnose"):
-        run.diagnosis = subject.diagnose()
-    subject.repair(run.active, scenario)
-    return run
-
-
-def keep_logs(subject: Subject, run: Run, logs: Path | None) -> None:
-    """Keep the tails of the subject's logs for a run that went wrong (``--logs``)."""
-    if logs is None or not hasattr(subject, "logs"):
-        return
-    slug = re.sub(
-        r"[^a-z0-9.]+", "-", f"{run.tool}-{run.setting}-{run.scenario}-{run.number}".lower()
-    )
-    target = logs / slug
-    target.mkdir(parents=True, exist_ok=True)
-    for name, path in subject.logs().items():
-        with contextlib.suppress(OSError):
-            lines = path.read_text(errors="replace").splitlines()[-600:]
-            (target / name).write_text("\n".join(lines) + "\n")
-    (target / "run.json").write_text(json.dumps(asdict(run), indent=1))
-    say(f"   logs of this run kept in {target}")
 
 
 # --- a subject, every scenario -----------------------------------------------------------
@@ -282,9 +95,10 @@ def bench_subject(
             for number in range(1, runs + 1):
                 run = run_once(bench, subject, row.scenario, number, settle, hold)
                 row.runs.append(run)
-                say(f"   {row.scenario} #{number}: {_run_text(run)}")
-                if run.error or run.outage is None or (run.dual and run.tool == "vigil"):
-                    keep_logs(subject, run, logs)
+                say(f"   {row.scenario} #{number}: {run_text(run)}")
+                odd = run.error or run.outage is None or (run.dual and run.tool == "vigil")
+                if odd and logs is not None:
+                    say(f"   logs of this run kept in {keep_logs(subject, run, logs)}")
                 failures = failures + 1 if run.error else 0
                 if failures >= 2:
                     row.reason = f"stopped after two runs without a steady state: {run.error}"
@@ -299,83 +113,6 @@ def _stop(subject: Subject) -> None:
         subject.stop()
     except Exception as exc:
         say(f"   stopping {subject.tool} failed: {exc}")
-
-
-def _run_text(run: Run) -> str:
-    if run.error:
-        return f"ERROR {run.error}"
-    outage = "not recovered" if run.outage is None else f"outage {run.outage:.3f}s"
-    if run.diagnosis:
-        outage += f" ({run.diagnosis})"
-    dual = ""
-    if run.dual:
-        dual = (
-            f"  TWO AT ONCE: address {run.address_overlap:.2f}s, service "
-            f"{run.service_overlap:.2f}s, client flips {run.client_flips}"
-        )
-    return f"{run.active} -> {run.after}: {outage}, {run.lost} requests lost{dual}"
-
-
-# --- the table ---------------------------------------------------------------------------
-
-
-def table(rows: list[Row]) -> str:
-    head = ("scenario", "tool", "setting", "runs", "min s", "median s", "max s", "two at once")
-    lines = [head]
-    notes = []
-    for row in rows:
-        good = [r for r in row.runs if not r.error]
-        outages = [r.outage for r in good if r.outage is not None]
-        if row.reason and not good:
-            notes.append(
-                f"[{len(notes) + 1}] {row.scenario}/{row.tool}/{row.setting}: {row.reason}"
-            )
-            lines.append(
-                (row.scenario, row.tool, row.setting, "-", "-", "-", "-", f"not run [{len(notes)}]")
-            )
-            continue
-        runs = f"{len(outages)}/{len(good)}"
-        if outages:
-            stats = (
-                f"{min(outages):.3f}",
-                f"{statistics.median(outages):.3f}",
-                f"{max(outages):.3f}",
-            )
-        else:
-            stats = ("-", "-", "-")
-        dual = [r for r in good if r.dual]
-        two = f"{len(dual)}/{len(good)}"
-        if dual:
-            kinds = []
-            if any(r.address_overlap for r in dual):
-                kinds.append(f"addr {sum(1 for r in dual if r.address_overlap)}")
-            if any(r.service_overlap for r in dual):
-                kinds.append(f"svc {sum(1 for r in dual if r.service_overlap)}")
-            if any(r.client_flips for r in dual):
-                kinds.append(f"client {sum(1 for r in dual if r.client_flips)}")
-            two += f" ({', '.join(kinds)})"
-        if row.reason or len(good) < len(row.runs):
-            notes.append(
-                f"[{len(notes) + 1}] {row.scenario}/{row.tool}/{row.setting}: "
-                f"{len(row.runs) - len(good)} run(s) without a steady state"
-                + (f"; {row.reason}" if row.reason else "")
-            )
-            two += f" [{len(notes)}]"
-        lines.append((row.scenario, row.tool, row.setting, runs, *stats, two))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = []
-    for i, line in enumerate(lines):
-        out.append("  ".join(str(cell).ljust(widths[j]) for j, cell in enumerate(line)).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    legend = (
-        "runs: recovered/steady runs (recovered: another server answered the client without "
-        "a loss for the hold time). outage: the client's longest time without an answer after "
-        "the fault (10 ms polls). two at once: runs where the address (addr) or the service "
-        "(svc) was seen on two servers at the same time, or the client was answered by the "
-        "failed server after the new one (client)."
-    )
-    return "\n".join([*out, "", legend, *notes])
 
 
 # --- main --------------------------------------------------------------------------------
@@ -394,6 +131,19 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     if os.getpid() != _MAIN_PID:  # a forked helper (pyroute2's netns helper): just end
         os._exit(128 + signum)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def vigil_version() -> str:
+    """The commit of vigil under test, and whether src/ differs from it."""
+    repo = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "src"], capture_output=True, text=True
+    ).stdout.splitlines()
+    dirty = f", {len(changed)} uncommitted change(s) under src/" if changed else ""
+    return f"vigil at commit {head or 'unknown'}{dirty}"
 
 
 def _floats(text: str) -> list[float]:
@@ -431,16 +181,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def subjects(bench: BenchLab, args: argparse.Namespace, tool: str) -> list[Subject]:
-    if tool == "vigil":
-        ttl, renew, timeout, margin = _floats(args.vigil_fast)
-        fast = LeaseSettings(
-            ttl=ttl, renew_interval=renew, request_timeout=timeout, safety_margin=margin
-        )
-        return [Vigil(bench, "defaults", None), Vigil(bench, "fastest safe", fast)]
-    if tool == "keepalived":
-        return [Keepalived(bench, a, args.keepalived_service) for a in _floats(args.advert_ints)]
-    raise ValueError(tool)
+def vigil_subjects(bench: BenchLab, args: argparse.Namespace, store: str) -> list[Subject]:
+    ttl, renew, timeout, margin = _floats(args.vigil_fast)
+    fast = LeaseSettings(
+        ttl=ttl, renew_interval=renew, request_timeout=timeout, safety_margin=margin
+    )
+    suffix = "" if store == "embedded" else f", {store} store"
+    return [
+        Vigil(bench, f"defaults{suffix}", None, store),
+        Vigil(bench, f"fastest safe{suffix}", fast, store),
+    ]
+
+
+def bench_vigil(bench: BenchLab, args: argparse.Namespace, scenarios: list[str]) -> list[Row]:
+    """vigil on the embedded store (the lab's); its link cuts on an etcd lab if the lab
+    can build one (``Lab.up(store="etcd")``), as the embedded store cannot show them."""
+    rows: list[Row] = []
+    for subject in vigil_subjects(bench, args, "embedded"):
+        rows += bench_subject(bench, subject, scenarios, args)
+    if "linkcut" not in scenarios:
+        return rows
+    if "store" not in inspect.signature(Lab.up).parameters:
+        say("== vigil on etcd: Lab.up has no store option yet; link cuts not measured")
+        return rows
+    name = f"{args.name}e"
+    subnet = args.subnet + 1 if args.subnet < 79 else args.subnet - 1
+    etcd_bench = None
+    try:
+        say(f"building lab {name} (subnet index {subnet}) on an etcd store")
+        etcd_bench = benchlab.build(name, subnet, store="etcd")
+        for subject in vigil_subjects(etcd_bench, args, "etcd"):
+            rows += bench_subject(etcd_bench, subject, ["linkcut"], args)
+    except LabError as exc:
+        rows.append(Row("linkcut", "vigil", "etcd store", reason=f"no etcd lab: {exc}"))
+    finally:
+        for problem in benchlab.tear_down(etcd_bench, name, subnet):
+            say(f"teardown: {problem}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = None
     exit_code = 0
     try:
+        say(vigil_version())
         say(f"building lab {args.name} (subnet index {args.subnet})")
         bench = benchlab.build(args.name, args.subnet)
         say(f"virtual address {bench.vip}, client {bench.client_enter}")
@@ -466,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             if tool == "pacemaker":
                 rows += bench_pacemaker(bench, args, scenarios)
                 continue
-            for subject in subjects(bench, args, tool):
-                rows += bench_subject(bench, subject, scenarios, args)
+            if tool == "vigil":
+                rows += bench_vigil(bench, args, scenarios)
+                continue
+            for advert_int in _floats(args.advert_ints):
+                keepalived = Keepalived(bench, advert_int, args.keepalived_service)
+                rows += bench_subject(bench, keepalived, scenarios, args)
     except KeyboardInterrupt:
         say("interrupted: tearing down")
         exit_code = 130
@@ -478,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - _started
     print()
     print(table(rows))
-    print(f"\ntotal runtime {elapsed:.0f} s ({args.runs} runs per row)")
+    print(f"\ntotal runtime {elapsed:.0f} s ({args.runs} runs per row); {vigil_version()}")
     if args.json:
         data = [
             {
