@@ -10,6 +10,7 @@ store backends the lab can be built on; modules that run on every store override
 from __future__ import annotations
 
 import inspect
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -18,16 +19,17 @@ from tests.faults.cluster import SERVERS, Cluster, wait_until
 from tests.faults.probe import DualActiveProbe
 from vigil.lab.lab import Lab
 
-#: the stores a lab can run on. The etcd lab goes here in one word ("etcd") once
-#: ``Lab.up(store="etcd")`` exists (another engineer is adding ``vigil lab up --store``).
-STORES = ["embedded"]
-#: the ports of the protected services the probe watches (8080: the standard hierarchy)
-PORTS = (8080, 8081)
-
 
 def lab_has_stores() -> bool:
     """Whether ``Lab.up`` can build a lab on another store than the embedded one."""
     return "store" in inspect.signature(Lab.up).parameters
+
+
+#: the stores a lab can run on: etcd too when ``Lab.up(store="etcd")`` exists and etcd is
+#: installed (Debian's ``etcd-server``)
+STORES = ["embedded", "etcd"] if lab_has_stores() and shutil.which("etcd") else ["embedded"]
+#: the ports of the protected services the probe watches (8080: the standard hierarchy)
+PORTS = (8080, 8081)
 
 
 def _build(name: str, subnet: int, store: str) -> Iterator[Cluster]:
