@@ -87,6 +87,7 @@ class Agent:
             self.config.store, request_timeout=settings.request_timeout
         )
         self.lease = LeaseKeeper(self.lease_store, settings, self._lease_lost, self._write_plan)
+        await self.lease.check_timing()  # ConfigError when the lease timing is unsafe
         runner = KitRunner(
             self.kits,
             self.server,

@@ -5,6 +5,9 @@ later, and every other server sees it later still, so the lease cannot expire fo
 else before ``last_sent + ttl``. The keeper declares the lease lost once
 ``last_sent + ttl - safety_margin`` has passed without a renewal (or when the store says it
 is gone), leaving the margin for the agent to take its resources out of service first.
+
+At start, ``check_timing`` holds the settings and the TTL the store really grants against
+the lease timing rule (``vigil.agent.timing``) and refuses to go on when they are unsafe.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from vigil.agent.config import LeaseSettings
+from vigil.agent.timing import check_lease_timing
 from vigil.errors import LeaseLost, StoreError
 from vigil.store.base import Store
 
@@ -42,13 +46,32 @@ class LeaseKeeper:
         self.lost_lease = 0
         self.last_sent = 0.0
 
+    def _ask(self) -> float:
+        """The TTL to ask of the store: the configured one, rounded up to whole seconds on
+        a networked store (etcd grants whole seconds: up is the safe direction)."""
+        ttl = self.settings.ttl
+        return math.ceil(ttl) if self.store.capabilities.networked else ttl
+
+    async def check_timing(self) -> list[str]:
+        """Check the lease timing rule (``vigil.agent.timing``) against this store: grant a
+        lease as ``grant`` does, revoke it, and compare its TTL and the store's minimum with
+        the settings. Each warning is logged; ``ConfigError`` when the timing is unsafe
+        (the agent must not start). Call once at start, before ``grant``; store errors
+        propagate."""
+        lease = await self.store.grant_lease(self._ask())  # type: ignore[arg-type]
+        try:
+            await self.store.revoke_lease(lease.id)
+        except StoreError as exc:
+            log.warning("could not revoke the probe lease %x (it will expire): %s", lease.id, exc)
+        warnings = check_lease_timing(self.settings, self.store.capabilities, lease.ttl)
+        for warning in warnings:
+            log.warning("lease timing: %s", warning)
+        return warnings
+
     async def grant(self) -> int:
         """Grant a fresh lease."""
         sent = self.clock()
-        ttl = self.settings.ttl
-        if self.store.capabilities.networked:
-            ttl = math.ceil(ttl)  # etcd grants whole seconds: round up, the safe direction
-        lease = await self.store.grant_lease(ttl)  # type: ignore[arg-type]
+        lease = await self.store.grant_lease(self._ask())  # type: ignore[arg-type]
         self.lease_id, self.last_sent = lease.id, sent
         self.on_renewed()
         log.info("lease %x granted (ttl %ss)", lease.id, lease.ttl)
@@ -88,7 +111,7 @@ class LeaseKeeper:
             except LeaseLost as exc:
                 return f"the store says the lease is gone ({exc})"
             except (StoreError, TimeoutError) as exc:
-                log.warning("lease renewal failed, retrying: %s", exc or type(exc).__name__)
+                log.warning("lease renewal failed, retrying: %s", str(exc) or type(exc).__name__)
                 await asyncio.sleep(min(0.1, self.settings.renew_interval))
                 continue
             self.last_sent = sent

@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from vigil.agent.config import LeaseSettings
 from vigil.errors import VigilError
 from vigil.lab import Lab, LabInfo, LabStatus
 
@@ -57,7 +58,11 @@ def _show_info(info: LabInfo) -> None:
         pid = str(server.agent_pid) if server.agent_pid else "-"
         table.add_row(server.name, server.address, server.api_url, pid)
     _out.print(table)
-    _out.print(f"host address: {info.host_address}   store: {info.store_url}", highlight=False)
+    _out.print(f"host address: {info.host_address}", highlight=False)
+    _out.print(f"store ({info.store}): {info.store_url}", highlight=False, soft_wrap=True)
+    for member in info.store_members:
+        running = f"pid {member.pid}" if member.pid else "not running"
+        _out.print(f"etcd member {member.name}: {member.client_url} ({running})", highlight=False)
     _out.print(f"client file (URLs and tokens): {info.client_file}", highlight=False)
 
 
@@ -86,6 +91,13 @@ def _show_status(status: LabStatus) -> None:
             str(server.processes),
         )
     _out.print(table)
+    for member in status.store_members:
+        _out.print(
+            f"etcd member {member.name}: address {member.address or '-'}, netns "
+            f"{_yes_no(member.netns)}, mount ns {_yes_no(member.mount_ns)}, "
+            f"pid {member.pid or '-'}, healthy {_yes_no(member.healthy)}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -105,12 +117,42 @@ def up(
         bool,
         typer.Option("--keep-on-failure", help="Leave a lab that failed to start, to debug it."),
     ] = False,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            help="The agents' store: embedded (one SQLite file) or etcd (members in "
+            "namespaces of their own on the lab network, at 10.213.<index>.151...).",
+        ),
+    ] = "embedded",
+    store_members: Annotated[
+        int, typer.Option("--store-members", help="etcd members (1, 3 or 5) with --store etcd.")
+    ] = 1,
+    lease_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--lease-ttl",
+            help="The agents' lease TTL in seconds (default: the agent's, 1.5); on etcd, 3 "
+            "rides through etcd leader changes and restarts.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Build a lab of N servers (node1..nodeN) and start their agents."""
     with _errors():
+        if store not in ("embedded", "etcd"):
+            raise typer.BadParameter(f"{store!r}: use embedded or etcd", param_hint="--store")
+        try:
+            lease = None if lease_ttl is None else LeaseSettings(ttl=lease_ttl)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--lease-ttl") from None
         info = Lab(name, subnet_index).up(
-            servers, start_agents=agents, keep_on_failure=keep_on_failure
+            servers,
+            start_agents=agents,
+            keep_on_failure=keep_on_failure,
+            store="etcd" if store == "etcd" else "embedded",
+            store_members=store_members,
+            lease=lease,
         )
     if json_output:
         _print_json(info.to_dict())

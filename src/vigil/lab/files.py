@@ -11,11 +11,12 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
-from vigil.agent.config import load_config, load_tokens
+from vigil.agent.config import LeaseSettings, load_config, load_tokens
 from vigil.errors import ConfigError, LabError
 
 #: token names and their roles, in the order they are written
@@ -33,8 +34,24 @@ class ServerState(BaseModel):
     agent_pid: int | None = None
 
 
+class StoreMemberState(BaseModel):
+    """One etcd member of a lab on etcd (``vigil.lab.etcd``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    address: str
+    netns: str
+    mount_ns: str
+    host_veth: str
+    pid: int | None = None
+
+
 class LabState(BaseModel):
-    """``lab.json``: what a lab has built so far, rewritten after each step."""
+    """``lab.json``: what a lab has built so far, rewritten after each step.
+
+    ``store`` is the agents' store: ``embedded`` (``store_url`` None: the SQLite file under
+    the root) or ``etcd`` (``store_url`` names every member of ``store_members``).
+    """
 
     model_config = ConfigDict(extra="forbid")
     schema_version: int = STATE_SCHEMA_VERSION
@@ -44,6 +61,9 @@ class LabState(BaseModel):
     bridge: str
     host_address: str
     servers: dict[str, ServerState] = Field(default_factory=dict)
+    store: Literal["embedded", "etcd"] = "embedded"
+    store_url: str | None = None
+    store_members: dict[str, StoreMemberState] = Field(default_factory=dict)
 
 
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
@@ -108,8 +128,11 @@ def write_agent_config(
     state_dir: Path,
     tokens_file: Path,
     log_file: Path,
+    lease: LeaseSettings | None = None,
 ) -> None:
-    """Write one agent's configuration and check that the agent would accept it."""
+    """Write one agent's configuration and check that the agent would accept it.
+
+    ``lease``: a ``[lease]`` table with these settings (none: the agent's defaults)."""
     text = (
         f"# vigil agent of lab server {server}\n"
         f"server = {_toml_str(server)}\n"
@@ -122,6 +145,10 @@ def write_agent_config(
         f"listen = {_toml_str(address)}\n"
         f"port = {port}\n"
     )
+    if lease is not None:
+        text += "\n[lease]\n" + "".join(
+            f"{field} = {json.dumps(value)}\n" for field, value in lease.model_dump().items()
+        )
     _write_atomically(path, text)
     try:
         load_config(path)

@@ -24,8 +24,26 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
+class StoreMemberInfo:
+    """One etcd member of a lab on etcd: its names, address, files and process."""
+
+    name: str
+    address: str
+    client_url: str
+    netns: str
+    mount_ns: Path
+    data_dir: Path
+    log_file: Path
+    pid: int | None
+
+
+@dataclass(frozen=True)
 class LabInfo:
-    """A lab that is up: where everything is and how to reach it."""
+    """A lab that is up: where everything is and how to reach it.
+
+    ``store`` is ``embedded`` (one SQLite file) or ``etcd`` (``store_members``, each in
+    its own namespaces on the lab network; ``store_url`` names them all).
+    """
 
     name: str
     root: Path
@@ -37,6 +55,8 @@ class LabInfo:
     tokens_file: Path
     servers: tuple[ServerInfo, ...]
     tokens: dict[str, str] = field(repr=False)
+    store: str = "embedded"
+    store_members: tuple[StoreMemberInfo, ...] = ()
 
     @property
     def url(self) -> str:
@@ -75,6 +95,18 @@ class ServerStatus:
 
 
 @dataclass(frozen=True)
+class StoreMemberStatus:
+    """What exists of one etcd member: its namespaces and its process (pid if running)."""
+
+    name: str
+    address: str | None
+    netns: bool
+    mount_ns: bool
+    pid: int | None
+    healthy: bool | None = None
+
+
+@dataclass(frozen=True)
 class LabStatus:
     """What exists of a lab, found by its state file and its naming conventions."""
 
@@ -84,11 +116,17 @@ class LabStatus:
     state_file: bool
     bridge: bool
     servers: tuple[ServerStatus, ...]
+    store_members: tuple[StoreMemberStatus, ...] = ()
 
     @property
     def exists(self) -> bool:
         """Whether anything of the lab is left."""
-        return self.root_exists or self.bridge or any(s.netns for s in self.servers)
+        return (
+            self.root_exists
+            or self.bridge
+            or any(s.netns for s in self.servers)
+            or any(m.netns for m in self.store_members)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = _jsonable(asdict(self))

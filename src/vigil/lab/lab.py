@@ -3,8 +3,10 @@
 Each server ``nodeK`` is a network namespace (``eth0`` on a private bridge, address
 ``10.213.I.K/24``, loopback, no default route) and a persistent mount namespace. The host
 has ``10.213.I.254`` on the bridge, so the CLI reaches every agent's API. All agents share
-one embedded store (``sqlite:///ROOT/store.db``). See ``vigil.lab.naming`` for every name
-and ``vigil.lab.teardown`` for how ``down`` finds and removes it all.
+one embedded store (``sqlite:///ROOT/store.db``), or with ``store="etcd"`` an etcd of 1, 3
+or 5 members in namespaces of their own on the lab network (``vigil.lab.etcd``). See
+``vigil.lab.naming`` for every name and ``vigil.lab.teardown`` for how ``down`` finds and
+removes it all.
 
 Typical use::
 
@@ -13,6 +15,8 @@ Typical use::
     lab.exec("node2", ["ip", "-br", "addr"])
     lab.stop_agent("node1", signal.SIGKILL)
     lab.down()                           # idempotent; also after a crash
+
+    Lab("e", 4).up(3, store="etcd", store_members=3)   # agents on etcd
 """
 
 from __future__ import annotations
@@ -21,14 +25,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import httpx
-
+from vigil.agent.config import LeaseSettings
 from vigil.errors import LabError
-from vigil.lab import clients, files, namespaces, network, processes, teardown
+from vigil.lab import agents, clients, etcd, files, namespaces, network, processes, teardown
 from vigil.lab.clients import ClientInfo
 from vigil.lab.info import LabInfo, LabStatus, ServerInfo
 from vigil.lab.naming import (
@@ -38,11 +40,12 @@ from vigil.lab.naming import (
     api_url,
     server_name,
     server_number,
+    store_member_name,
+    store_member_number,
 )
 
 #: seconds ``up``/``start_agent`` wait for an agent to answer its health check
 AGENT_START_TIMEOUT = 30.0
-HEALTH_PATH = "/v1/health"
 
 
 def agent_argv(config_file: Path) -> list[str]:
@@ -78,11 +81,21 @@ class Lab:
 
     # -- building ----------------------------------------------------------------------
     def up(
-        self, servers: int, *, start_agents: bool = True, keep_on_failure: bool = False
+        self,
+        servers: int,
+        *,
+        start_agents: bool = True,
+        keep_on_failure: bool = False,
+        store: Literal["embedded", "etcd"] = "embedded",
+        store_members: int = 1,
+        lease: LeaseSettings | None = None,
     ) -> LabInfo:
         """Build the lab with ``servers`` servers and, unless told not to, start their
         agents and wait until each answers ``GET /v1/health`` with 200.
 
+        ``store``: the agents' store, ``embedded`` (one SQLite file) or ``etcd`` with
+        ``store_members`` members (1, 3 or 5; started and healthy before the agents).
+        ``lease``: the agents' ``[lease]`` settings (default: the agent's defaults).
         Raises ``LabError`` if the lab (or leftovers of it) exists, if its subnet collides
         with an address or route of the host, or if any step fails; a lab that failed to
         come up is torn down again unless ``keep_on_failure``.
@@ -90,6 +103,10 @@ class Lab:
         _require_root()
         if not 1 <= servers <= MAX_SERVERS:
             raise LabError(f"a lab has 1 to {MAX_SERVERS} servers, not {servers}")
+        if store not in ("embedded", "etcd"):
+            raise LabError(f"a lab's store is 'embedded' or 'etcd', not {store!r}")
+        if store == "etcd":
+            etcd.check_member_count(store_members)
         self._refuse_existing()
         conflicts = network.subnet_conflicts(self.names.subnet)
         if conflicts:
@@ -98,11 +115,17 @@ class Lab:
                 f"{', '.join(conflicts)}; choose another subnet index"
             )
         try:
-            self._build([server_name(k) for k in range(1, servers + 1)])
+            count = store_members if store == "etcd" else 0
+            self._build([server_name(k) for k in range(1, servers + 1)], count, lease)
+            if count:
+                members = etcd.member_names(count)
+                for member in members:
+                    self.start_store_member(store_member_number(member), wait=False)
+                etcd.wait_healthy(self.names, self._state(), members, etcd.START_TIMEOUT)
             if start_agents:
                 for server in self._state().servers:
                     self.start_agent(server, wait=False)
-                self._wait_healthy(list(self._state().servers), AGENT_START_TIMEOUT)
+                agents.wait_healthy(self, list(self._state().servers), AGENT_START_TIMEOUT)
         except BaseException as exc:
             if not keep_on_failure:
                 self._down_after_failure(exc)
@@ -119,22 +142,26 @@ class Lab:
             found.append(f"bridge {self.names.bridge}")
         found += [f"netns {n}" for n in teardown.lab_netns(self.names, None)]
         found += [f"netns {n}" for n in clients.netns_names(self.names)]
+        found += [f"netns {n}" for n in etcd.netns_names(self.names, None)]
         if found:
             raise LabError(
                 f"lab {self.name} exists already ({', '.join(found)}); remove it with "
                 f"`vigil lab down --name {self.name}` first"
             )
 
-    def _build(self, servers: list[str]) -> None:
+    def _build(self, servers: list[str], store_members: int, lease: LeaseSettings | None) -> None:
         names = self.names
         names.root.mkdir(mode=0o755, parents=True)
         tokens = files.write_tokens(names.tokens_file)
+        members = etcd.member_names(store_members)
         state = files.LabState(
             name=names.name,
             subnet=str(names.subnet),
             subnet_index=names.subnet_index,
             bridge=names.bridge,
             host_address=names.host_address,
+            store="etcd" if members else "embedded",
+            store_url=names.etcd_store_url(members) if members else None,
         )
         files.save_state(names.state_file, state)
         prefixlen = names.subnet.prefixlen
@@ -151,10 +178,11 @@ class Lab:
                 host_veth=names.host_veth(server),
             )
             files.save_state(names.state_file, state)
-            self._build_server(server)
+            self._build_server(server, state.store_url or names.store_url, lease)
+        etcd.build(names, state, store_members)
         files.write_client_file(names.client_file, [names.api_url(s) for s in servers], tokens)
 
-    def _build_server(self, server: str) -> None:
+    def _build_server(self, server: str, store_url: str, lease: LeaseSettings | None) -> None:
         names = self.names
         network.create_netns(names.netns(server))
         namespaces.create_mount_ns(
@@ -176,10 +204,11 @@ class Lab:
             server=server,
             address=names.address(server),
             port=API_PORT,
-            store_url=names.store_url,
+            store_url=store_url,
             state_dir=state_dir,
             tokens_file=names.tokens_file,
             log_file=names.server_dir(server) / "agent.log",
+            lease=lease,
         )
 
     def _down_after_failure(self, exc: BaseException) -> None:
@@ -271,7 +300,7 @@ class Lab:
             pid = child.pid
             self._set_agent_pid(server, pid)
         if wait:
-            self._wait_healthy([server], AGENT_START_TIMEOUT)
+            agents.wait_healthy(self, [server], AGENT_START_TIMEOUT)
         return pid
 
     def stop_agent(
@@ -308,47 +337,32 @@ class Lab:
         state.servers[server].agent_pid = pid
         files.save_state(self.names.state_file, state)
 
-    def _wait_healthy(self, servers: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(servers)
-        state = self._state()
-        urls = {s: api_url(state.servers[s].address) + HEALTH_PATH for s in servers}
-        last: dict[str, str] = {}
-        # trust_env=False: never send lab traffic to a proxy outside the lab
-        with httpx.Client(trust_env=False, timeout=1.0) as client:
-            while pending:
-                for server in list(pending):
-                    if self.agent_pid(server) is None:
-                        raise self._agent_error(server, "exited before answering its health check")
-                    try:
-                        answer = client.get(urls[server])
-                    except httpx.HTTPError as exc:
-                        last[server] = f"{type(exc).__name__}: {exc}"
-                        continue
-                    if answer.status_code == 200:
-                        pending.remove(server)
-                    else:
-                        last[server] = f"HTTP {answer.status_code}"
-                if pending and time.monotonic() > deadline:
-                    server = pending[0]
-                    raise self._agent_error(
-                        server,
-                        f"did not answer GET {urls[server]} with "
-                        f"200 within {timeout:.0f} s (last: {last.get(server, 'nothing')})",
-                    )
-                if pending:
-                    time.sleep(0.1)
+    # -- the store's etcd members (a lab on etcd) ----------------------------------------
+    def start_store_member(self, number: int, *, wait: bool = True) -> int:
+        """Start etcd member ``number`` (``etcdK``) on its data unless it runs; returns its
+        pid. With ``wait``, wait until it answers ``/health`` (a leader elected)."""
+        member, state = store_member_name(number), self._state()
+        pid = etcd.member_pid(self.names, state, member)
+        if pid is None:
+            child = etcd.start(self.names, state, member)
+            self._children[child.pid] = child
+            pid = child.pid
+        if wait:
+            etcd.wait_healthy(self.names, state, [member], etcd.START_TIMEOUT)
+        return pid
 
-    def _agent_error(self, server: str, what: str) -> LabError:
-        out = self.names.agent_out(server)
-        message = [f"the agent on {server} {what}; last lines of {out}:"]
-        message += [f"  {line}" for line in (processes.tail(out) or "(empty)").splitlines()]
-        log = self.names.server_dir(server) / "agent.log"
-        log_tail = processes.tail(log, lines=10)
-        if log_tail:
-            message.append(f"last lines of {log}:")
-            message += [f"  {line}" for line in log_tail.splitlines()]
-        return LabError("\n".join(message))
+    def stop_store_member(
+        self, number: int, sig: int = signal.SIGTERM, *, wait: bool = True
+    ) -> None:
+        """Send ``sig`` to etcd member ``number`` (SIGKILL: a crash; SIGSTOP/SIGCONT with
+        ``wait=False``: freeze and thaw). With ``wait``, wait until it is gone."""
+        etcd.stop(self.names, self._state(), store_member_name(number), sig, wait)
+
+    def store_leader(self) -> int | None:
+        """The number of the etcd member that is raft leader now (asked of each running
+        member over ``/v3/maintenance/status``), ``None`` when none knows one."""
+        leader = etcd.leader(self.names, self._state())
+        return store_member_number(leader) if leader else None
 
     # -- inspecting --------------------------------------------------------------------
     def _state(self) -> files.LabState:
@@ -384,11 +398,13 @@ class Lab:
             subnet=state.subnet,
             bridge=state.bridge,
             host_address=state.host_address,
-            store_url=names.store_url,
+            store_url=state.store_url or names.store_url,
             client_file=names.client_file,
             tokens_file=names.tokens_file,
             servers=servers,
             tokens=files.read_tokens(names.tokens_file),
+            store=state.store,
+            store_members=etcd.infos(names, state),
         )
 
     def status(self, *, check_api: bool = False) -> LabStatus:

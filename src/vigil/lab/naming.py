@@ -9,7 +9,10 @@ One lab called ``NAME`` with subnet index ``I`` and servers ``node1..nodeN`` own
 - server addresses ``10.213.I.K/24``;
 - for clients ``clientK`` (hosts outside the cluster, ``Lab.add_client``): network
   namespaces ``vigil-NAME-clientK``, host-side veths ``vc-NAME-K``, addresses
-  ``10.213.I.(199+K)/24``.
+  ``10.213.I.(199+K)/24``;
+- for the members ``etcdK`` of a lab on etcd (``vigil.lab.etcd``): network namespaces
+  ``vigil-NAME-etcdK``, mount-namespace files ``ROOT/mnt/etcdK``, directories
+  ``ROOT/etcdK``, host-side veths ``ve-NAME-K``, addresses ``10.213.I.(150+K)/24``.
 
 ``down`` finds leftovers by these names alone, so the rules must stay unambiguous: a lab
 name is a short lower-case label, and every pattern ends in digits, so lab ``a`` never
@@ -35,6 +38,12 @@ MAX_SERVERS = 99
 #: client K has address ``10.213.I.(CLIENT_OCTET_BASE + K)``, above every server's
 CLIENT_OCTET_BASE = 199
 MAX_CLIENTS = 50
+#: etcd member K of a lab on etcd has address ``10.213.I.(STORE_OCTET_BASE + K)``
+STORE_OCTET_BASE = 150
+#: the member counts a lab's etcd may have (odd: a majority survives one loss from 3)
+STORE_MEMBER_COUNTS = (1, 3, 5)
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 API_PORT = 7480
 NETNS_DIR = Path("/run/netns")
 RUN_DIR = Path("/run")
@@ -42,6 +51,7 @@ RUN_DIR = Path("/run")
 _LAB_NAME = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
 _SERVER = re.compile(r"^node([1-9][0-9]*)$")
 _CLIENT = re.compile(r"^client([1-9][0-9]*)$")
+_STORE_MEMBER = re.compile(r"^etcd([1-9])$")
 
 
 def check_lab_name(name: str) -> str:
@@ -88,6 +98,24 @@ def client_number(client: str) -> int:
     return int(client[len("client") :])
 
 
+def store_member_name(number: int) -> str:
+    """The name of etcd member number ``number`` (1-based): ``etcd1``, ``etcd2``..."""
+    return f"etcd{number}"
+
+
+def is_store_member_name(member: str) -> bool:
+    """Whether ``member`` is a lab etcd member name (``etcd1``..``etcd5``)."""
+    match = _STORE_MEMBER.match(member)
+    return match is not None and int(match.group(1)) <= max(STORE_MEMBER_COUNTS)
+
+
+def store_member_number(member: str) -> int:
+    """The number of an etcd member named ``etcdK``; ``LabError`` for any other name."""
+    if not is_store_member_name(member):
+        raise LabError(f"{member!r} is not a lab etcd member name: they are etcd1..etcd5")
+    return int(member[len("etcd") :])
+
+
 @dataclass(frozen=True)
 class LabNames:
     """Every name, path and address of one lab, computed from its name and subnet index."""
@@ -122,6 +150,7 @@ class LabNames:
 
     @property
     def store_url(self) -> str:
+        """The embedded store's URL (a lab on etcd uses ``etcd_store_url``)."""
         return f"sqlite:///{self.root / 'store.db'}"
 
     @property
@@ -164,8 +193,9 @@ class LabNames:
         return netns_name[len(f"vigil-{self.name}-") :]
 
     def is_host_veth(self, ifname: str) -> bool:
-        """Whether ``ifname`` is a host-side veth of the lab (a server's or a client's)."""
-        return re.fullmatch(rf"v[lc]-{re.escape(self.name)}-[0-9]+", ifname) is not None
+        """Whether ``ifname`` is a host-side veth of the lab (a server's, a client's or an
+        etcd member's)."""
+        return re.fullmatch(rf"v[lce]-{re.escape(self.name)}-[0-9]+", ifname) is not None
 
     def client_netns(self, client: str) -> str:
         return f"vigil-{self.name}-{client}"
@@ -180,6 +210,33 @@ class LabNames:
         """Whether ``netns_name`` follows this lab's client naming (``vigil-NAME-clientK``)."""
         prefix = f"vigil-{self.name}-"
         return netns_name.startswith(prefix) and is_client_name(netns_name[len(prefix) :])
+
+    # -- etcd members ------------------------------------------------------------------
+    def store_member_netns(self, member: str) -> str:
+        store_member_number(member)
+        return f"vigil-{self.name}-{member}"
+
+    def store_member_dir(self, member: str) -> Path:
+        """``ROOT/etcdK``: the member's data directory (``data``) and logs."""
+        store_member_number(member)
+        return self.root / member
+
+    def store_member_veth(self, member: str) -> str:
+        return f"ve-{self.name}-{store_member_number(member)}"
+
+    def store_member_address(self, member: str) -> str:
+        number = STORE_OCTET_BASE + store_member_number(member)
+        return f"{SUBNET_PREFIX}.{self.subnet_index}.{number}"
+
+    def is_store_member_netns(self, netns_name: str) -> bool:
+        """Whether ``netns_name`` follows this lab's etcd naming (``vigil-NAME-etcdK``)."""
+        prefix = f"vigil-{self.name}-"
+        return netns_name.startswith(prefix) and is_store_member_name(netns_name[len(prefix) :])
+
+    def etcd_store_url(self, members: list[str]) -> str:
+        """The agents' store URL for the lab's etcd ``members``: ``etcd://A:2379,...``."""
+        hosts = ",".join(f"{self.store_member_address(m)}:{ETCD_CLIENT_PORT}" for m in members)
+        return f"etcd://{hosts}"
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:

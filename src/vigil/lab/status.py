@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from vigil.errors import LabError
-from vigil.lab import files, namespaces, network, processes, teardown
+from vigil.lab import etcd, files, namespaces, network, processes, teardown
 from vigil.lab.info import LabStatus, ServerStatus
 from vigil.lab.naming import api_url, is_server_name, server_number
 
@@ -63,4 +63,5 @@ def lab_status(lab: Lab, *, check_api: bool = False) -> LabStatus:
         state_file=state is not None,
         bridge=names.bridge in network.link_names(),
         servers=tuple(result),
+        store_members=etcd.statuses(names, state, check_health=check_api),
     )

@@ -4,7 +4,8 @@ The order matters:
 
 1. stop the agents (SIGTERM, up to ``AGENT_GRACE`` s, then SIGKILL), then every other
    process inside a lab namespace (SIGTERM, ``OTHER_GRACE`` s, SIGKILL), found by
-   scanning ``/proc`` for the lab's namespaces;
+   scanning ``/proc`` for the lab's namespaces; the etcd members of a lab on etcd last
+   (agents stopping in order still need their store);
 2. delete the bridge, its ports and the host-side veths (their peers go with them);
 3. unmount everything under the root dir (mount-namespace files, then their private bind
    mount): with no process left inside, each server's mount namespace ends here;
@@ -22,7 +23,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from vigil.lab import clients, namespaces, network, processes
+from vigil.lab import clients, etcd, namespaces, network, processes
 from vigil.lab.files import LabState
 from vigil.lab.naming import NETNS_DIR, LabNames
 
@@ -30,6 +31,9 @@ from vigil.lab.naming import NETNS_DIR, LabNames
 AGENT_GRACE = 10.0
 #: seconds every other process in a lab namespace gets before SIGKILL
 OTHER_GRACE = 3.0
+#: seconds etcd members get (their data goes with the lab: no need to stop in order, and
+#: members stopped together wait for each other)
+STORE_GRACE = 0.5
 #: rounds of "scan, kill, wait" (a dying process may still fork)
 KILL_ROUNDS = 3
 
@@ -57,11 +61,12 @@ def namespace_keys(names: LabNames, netns_names: Iterable[str]) -> set[tuple[int
     return keys
 
 
-def stop_processes(keys: set[tuple[int, int]], agent_pids: Iterable[int]) -> list[str]:
+def stop_processes(
+    keys: set[tuple[int, int]], agent_pids: Iterable[int], grace: float = OTHER_GRACE
+) -> list[str]:
     """Stop every process inside the lab, agents first; messages for survivors."""
     inside = set(processes.pids_in_namespaces(keys))
     processes.terminate([pid for pid in agent_pids if pid in inside], AGENT_GRACE)
-    grace = OTHER_GRACE
     for _ in range(KILL_ROUNDS):
         pids = processes.pids_in_namespaces(keys)
         if not pids:
@@ -91,11 +96,15 @@ def detach_loop_devices(root: Path) -> list[str]:
 
 def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     """Remove everything of the lab; returns one message per part that could not go."""
+    store_keys = etcd.namespace_keys(names, state)
+    store_netns = etcd.netns_names(names, state)
     netns_names = lab_netns(names, state) + clients.netns_names(names)
     agent_pids = [] if state is None else [s.agent_pid for s in state.servers.values()]
     problems = stop_processes(
-        namespace_keys(names, netns_names), [p for p in agent_pids if p is not None]
+        namespace_keys(names, netns_names) - store_keys, [p for p in agent_pids if p is not None]
     )
+    problems += stop_processes(store_keys, [], STORE_GRACE)
+    netns_names += store_netns
     try:
         problems += network.delete_links(names.bridge, names.is_host_veth)
     except Exception as exc:  # netlink unreachable: keep going, report it
