@@ -155,7 +155,7 @@ def test_cascade_with_no_server_left_waits() -> None:
     assert failover.orphaned_by(cluster, cluster.hierarchy("app")) == "n2"
     cluster = with_intent(n1_died(dead=("n2",)), "app", "n2", origin="n1", tried=("n1", "n3"))
     step = only(cluster, "n1")
-    assert step.kind is StepKind.WAIT
+    assert step.kind is StepKind.BLOCKED
     assert step.reason == (
         "app cannot fail over from n2: no server can take it: n1 already failed to restore it; "
         "n2 already failed to restore it; n3 already failed to restore it"
@@ -173,7 +173,7 @@ def test_hierarchy_automatic_failover_off_waits_with_the_reason() -> None:
     cluster = n1_died(resources=resources)
     for me in ("n2", "n3"):
         step = only(cluster, me)
-        assert step.kind is StepKind.WAIT
+        assert step.kind is StepKind.BLOCKED
         assert step.reason == "app stays off n1: automatic failover is off for app"
         assert (step.origin, step.tried) == (None, ())
 
@@ -181,14 +181,14 @@ def test_hierarchy_automatic_failover_off_waits_with_the_reason() -> None:
 def test_server_failover_off_waits_with_the_reason() -> None:
     cluster = n1_died(server_policies={"n1": {"failover": False}})
     step = only(cluster, "n2")
-    assert step.kind is StepKind.WAIT
+    assert step.kind is StepKind.BLOCKED
     assert step.reason == "app stays off n1: automatic failover is off for n1"
 
 
 def test_no_eligible_server_waits_naming_every_refusal() -> None:
     cluster = n1_died(dead=("n1", "n3"), stopped={"n2": "hold"})
     step = only(cluster, "n2")
-    assert step.kind is StepKind.WAIT
+    assert step.kind is StepKind.BLOCKED
     assert step.reason == (
         "app cannot fail over from n1: no server can take it: n1 already failed to restore it; "
         "n2 is stopped (hold); n3 is down"
@@ -208,7 +208,7 @@ def test_n_plus_one_standby_already_serving_another_primary_waits() -> None:
         owners={"ha": "s"},
     )
     (step,) = decide(cluster, "s", LocalView(frozenset({"ha"})))
-    assert (step.hierarchy, step.kind) == ("hb", StepKind.WAIT)
+    assert (step.hierarchy, step.kind) == ("hb", StepKind.BLOCKED)
     assert step.reason == (
         "hb cannot fail over from p2: no server can take it: p2 already failed to restore it; "
         "s already serves ha for p1 (N+1: one primary at a time)"
@@ -262,7 +262,7 @@ def test_after_the_timeout_the_default_proceed_takes_over() -> None:
 
 def test_after_the_timeout_the_default_block_waits() -> None:
     step = only(confirming("block", pending()), "n2", now=5000.0)
-    assert step.kind is StepKind.WAIT
+    assert step.kind is StepKind.BLOCKED
     assert step.reason == (
         "app stays out of service: failover to n2 no answer in 60s: default block"
     )
@@ -278,7 +278,7 @@ def test_an_operator_yes_takes_over_at_once() -> None:
 def test_an_operator_no_waits_even_after_the_timeout() -> None:
     for now in (1000.0, 9999.0):
         step = only(confirming("proceed", pending(False)), "n2", now)
-        assert step.kind is StepKind.WAIT
+        assert step.kind is StepKind.BLOCKED
         assert step.reason == "app stays out of service: failover to n2 refused by an operator"
 
 
@@ -409,7 +409,7 @@ def test_at_most_one_server_takes_over_and_never_a_tried_one(cluster: Cluster) -
         survivors = [s for s, server in cluster.servers.items() if server.alive]
         for me in survivors:
             (step,) = steps(cluster, me)
-            assert step.kind is StepKind.WAIT
+            assert step.kind is StepKind.BLOCKED
             assert step.reason.startswith(f"app stays off {dead}: ") or step.reason.startswith(
                 f"app cannot fail over from {dead}: no server can take it: "
             )

@@ -19,7 +19,7 @@ from vigil.agent.storeio import event_operation
 from vigil.engine.order import remove_waves, restore_waves
 from vigil.engine.plan import LocalView, Step, StepKind, standby_reason
 from vigil.errors import KitError, StoreError, VigilError
-from vigil.model.cluster import Cluster, Hierarchy, Resource
+from vigil.model.cluster import Cluster, Hierarchy, Observed, Resource
 from vigil.model.records import OwnerRecord, StateRecord, key
 from vigil.model.states import InstanceState
 from vigil.store.base import Compare, Delete, Operation, Put, Store
@@ -46,10 +46,14 @@ class Actor:
         self.recoveries: dict[str, list[float]] = {}
         #: resources that failed here and are being failed over: reported OSF when removed
         self.failed_tags: dict[str, str] = {}
+        #: resources that failed here and may not fail over: OSF, no longer checked, still
+        #: removed when the hierarchy leaves, restored by the next request to bring it here
+        self.broken: set[str] = set()
         self.started_at = time.time()
 
     def local_view(self) -> LocalView:
-        return LocalView(frozenset(self.running), dict(self.failed))
+        # a broken resource is not "in service" for decisions: a new request restores it
+        return LocalView(frozenset(self.running - self.broken), dict(self.failed))
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -91,7 +95,7 @@ class Actor:
         epoch = await self._epochs(step.tags)
         await self.event("restore-started", step.reason, step.hierarchy)
         for wave in step.waves:
-            todo = [tag for tag in wave if tag not in self.running]
+            todo = [tag for tag in wave if tag not in self.running or tag in self.broken]
             results = await asyncio.gather(
                 *(
                     self._restore_one(cluster.resources[tag], epoch.get(tag, 0), step)
@@ -121,6 +125,7 @@ class Actor:
             )
             return f"{tag}: {exc}"
         self.running.add(tag)
+        self.broken.discard(tag)
         await self.report(tag, InstanceState.ISP, "in service", step.intent_revision)
         return None
 
@@ -195,6 +200,7 @@ class Actor:
         resource = cluster.resources.get(tag) or self.known.get(tag)
         if resource is None:
             self.running.discard(tag)
+            self.broken.discard(tag)
             return True
         try:
             await self.runner.remove(resource)
@@ -203,6 +209,7 @@ class Actor:
             await self.report(tag, InstanceState.OSF, f"remove failed: {exc}", step.intent_revision)
             return False
         self.running.discard(tag)
+        self.broken.discard(tag)
         if self.runner.cgroups:
             # remove must leave nothing running
             leftovers = await asyncio.to_thread(self.runner.cgroups.kill, tag)
@@ -271,6 +278,17 @@ class Actor:
 
     # --- standby states ------------------------------------------------------------------
 
+    def _failure_stands(
+        self, cluster: Cluster, hierarchy: Hierarchy, seen: Observed | None, revision: int
+    ) -> bool:
+        """An OSF reported in this life stays while its intent is current, or while the
+        failover it belongs to (this server among the ones tried) goes on."""
+        if seen is None or seen.state is not InstanceState.OSF or seen.since < self.started_at:
+            return False
+        intent = cluster.intent(hierarchy)
+        in_failover = bool(intent and intent.origin and self.server in intent.tried)
+        return seen.intent_revision == revision or in_failover
+
     async def report_standby(self, cluster: Cluster) -> None:
         """Write OSU (with its reason) for instances here that are out of service and whose
         reported state is missing or stale. A failure (OSF) stays until the intent changes."""
@@ -283,13 +301,8 @@ class Actor:
             revision = cluster.intent_revision(hierarchy)
             for tag in sorted(hierarchy.tags - self.running):
                 seen = cluster.observed.get((self.server, tag))
-                if (
-                    seen
-                    and seen.state is InstanceState.OSF
-                    and seen.intent_revision == revision
-                    and seen.since >= self.started_at
-                ):
-                    continue  # a failure of this life, for this intent: it stays reported
+                if self._failure_stands(cluster, hierarchy, seen, revision):
+                    continue
                 if seen and seen.state is InstanceState.OSU and seen.reason == reason:
                     continue
                 # "since" is when the state began: a new reason alone does not reset it

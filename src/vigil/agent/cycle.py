@@ -18,7 +18,7 @@ from collections.abc import Callable
 from vigil.agent.actor import Actor
 from vigil.agent.monitor import Monitor
 from vigil.agent.storeio import read_cluster
-from vigil.engine.plan import StepKind, decide
+from vigil.engine.plan import Step, StepKind, decide
 from vigil.errors import Compacted, StoreError, VigilError
 from vigil.model.cluster import Cluster, Resource
 from vigil.model.records import PREFIX, key
@@ -96,10 +96,12 @@ class Cycle:
             return
         waiting: dict[str, str] = {}
         for step in decide(cluster, self.actor.server, self.actor.local_view(), time.time()):
-            if step.kind is StepKind.WAIT:
+            if step.kind in (StepKind.WAIT, StepKind.BLOCKED):
                 waiting[step.hierarchy] = step.reason
                 if self._waiting.get(step.hierarchy) != step.reason:
                     log.info("%s", step.reason)  # once per change, not once per cycle
+                    if step.kind is StepKind.BLOCKED and self._announces(cluster, step):
+                        await self.actor.event("failover-blocked", step.reason, step.hierarchy)
                 continue
             if any(step.tags & busy for busy in self._busy):
                 continue
@@ -109,6 +111,13 @@ class Cycle:
         self._waiting = waiting
         await self.actor.report_standby(cluster)
         self.monitor.sync()
+
+    def _announces(self, cluster: Cluster, step: Step) -> bool:
+        """One server records a blocked failover in the event log: the first alive server
+        (by name) the hierarchy is extended to; the others only log it."""
+        hierarchy = cluster.hierarchy(next(iter(step.tags)))
+        alive = sorted(s for s in cluster.hierarchy_servers(hierarchy) if cluster.servers[s].alive)
+        return bool(alive) and alive[0] == self.actor.server
 
     def _step_done(self, tags: frozenset[str], _task: asyncio.Task[None]) -> None:
         task = self._busy.pop(tags, None)

@@ -12,7 +12,6 @@ instances, nor while the resource is being restored or removed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ class Monitor:
 
     def sync(self) -> None:
         """Start a task for each resource in service here; stop the others."""
-        wanted = set() if self.paused else set(self.actor.running)
+        wanted = set() if self.paused else self.actor.running - self.actor.broken
         for tag in list(self.tasks):
             if tag not in wanted:
                 self.tasks.pop(tag).cancel()
@@ -62,21 +61,28 @@ class Monitor:
         return quick, deep
 
     async def _watch(self, tag: str) -> None:
-        with contextlib.suppress(KeyError):
-            quick, deep = self._intervals(tag)
-            next_deep = time.monotonic() + deep
-            while True:
-                await asyncio.sleep(quick)
-                if self.busy(tag) or tag not in self.actor.running:
-                    continue
-                action = Action.QUICK_CHECK
-                if time.monotonic() >= next_deep:
-                    action, next_deep = Action.DEEP_CHECK, time.monotonic() + deep
-                check = await self._check(tag, action)
-                if check.status is not CheckStatus.RUNNING and not self.busy(tag):
-                    await self._failed(tag, action, check)
-                elif check.warning:
-                    await self._report_warning(tag, check)
+        """Check ``tag`` until it leaves; intervals are read each round, so a changed policy
+        applies at once."""
+        next_deep = 0.0
+        while True:
+            try:
+                quick, deep = self._intervals(tag)
+            except KeyError:
+                return  # deleted meanwhile
+            if not next_deep:
+                next_deep = time.monotonic() + deep
+            next_deep = min(next_deep, time.monotonic() + deep)
+            await asyncio.sleep(quick)
+            if self.busy(tag) or tag not in self.actor.running or tag in self.actor.broken:
+                continue
+            action = Action.QUICK_CHECK
+            if time.monotonic() >= next_deep:
+                action, next_deep = Action.DEEP_CHECK, time.monotonic() + deep
+            check = await self._check(tag, action)
+            if check.status is not CheckStatus.RUNNING and not self.busy(tag):
+                await self._failed(tag, action, check)
+            elif check.warning:
+                await self._report_warning(tag, check)
 
     async def _check(self, tag: str, action: Action) -> Check:
         resource = self.cluster().resources[tag]
@@ -140,6 +146,8 @@ class Monitor:
         hierarchy = cluster.hierarchy(tag)
         blocked = failover.resource_failover_blocked(cluster, hierarchy, tag, me)
         if blocked:
+            self.actor.broken.add(tag)
+            self.actor.failed[hierarchy.name] = cluster.intent_revision(hierarchy)
             await self.actor.report(tag, InstanceState.OSF, f"{cause}; not failed over: {blocked}")
             await self.actor.event(
                 "failover-blocked", f"{hierarchy.name} stays on {me}: {blocked}", hierarchy.name

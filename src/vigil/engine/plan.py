@@ -29,6 +29,7 @@ class StepKind(StrEnum):
     SWITCHBACK = "switchback"  # want the hierarchy back here, its preferred server
     CONFIRM = "confirm"  # ask an operator before taking over (confirm failover)
     WAIT = "wait"  # nothing to do until something changes elsewhere
+    BLOCKED = "blocked"  # a failover cannot happen: said once in the event log, then wait
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _takeover(cluster: Cluster, me: str, hierarchy: Hierarchy, now: float) -> St
     away = dead or failed or ""
     blocked = failover.failover_blocked(cluster, hierarchy, away)
     if blocked:
-        return Step(StepKind.WAIT, name, tags, f"{name} stays off {away}: {blocked}")
+        return Step(StepKind.BLOCKED, name, tags, f"{name} stays off {away}: {blocked}")
     intent = cluster.intent(hierarchy)
     if intent and intent.origin and not failover.restored_by(cluster, hierarchy, away):
         # the failover in progress goes on: skip every server that already failed it
@@ -154,7 +155,7 @@ def _takeover(cluster: Cluster, me: str, hierarchy: Hierarchy, now: float) -> St
     target = failover.choose_target(cluster, hierarchy, tried)
     if target.server is None:
         why = f"{name} cannot fail over from {away}: {target.reason}"
-        return Step(StepKind.WAIT, name, tags, why)
+        return Step(StepKind.BLOCKED, name, tags, why)
     if target.server != me:
         return None
     cause = f"{away} is down" if dead else f"{away} failed to restore it"
@@ -189,7 +190,7 @@ def _confirmed(cluster: Cluster, me: str, hierarchy: Hierarchy, step: Step, now:
         answer = "confirmed by an operator" if proceed else "refused by an operator"
     if not proceed:
         why = f"{hierarchy.name} stays out of service: failover to {me} {answer}"
-        return replace(step, kind=StepKind.WAIT, reason=why)
+        return replace(step, kind=StepKind.BLOCKED, reason=why)
     return replace(step, reason=f"{step.reason} ({answer})")
 
 
