@@ -13,8 +13,9 @@
   configured there (binding a socket to it succeeds only for a local address), and is
   anything listening on the service's port (``sock_diag`` dump of listening TCP sockets:
   one netlink round trip, no traffic, nothing in the service's log).
-* ``analyse`` turns both into one run's outcome: the client's outage, and whether the
-  address, the service, or the client's answers were on two servers at once.
+* ``analyse`` turns both into one run's outcome: the client's outage (its longest time
+  without an answer), the takeover time (until another server answered), and whether
+  the address, the service, or the client's answers were on two servers at once.
 """
 
 from __future__ import annotations
@@ -324,6 +325,7 @@ class Outcome:
     """One failover run, as the client and the watchers saw it."""
 
     outage: float | None  # seconds without an answer; None: not recovered in the window
+    takeover: float | None  # seconds from the fault to the first answer by another server
     before: str | None  # who answered before the fault
     after: str | None  # who answered at the end
     address_overlap: float  # longest time the address was on two servers at once
@@ -349,6 +351,15 @@ def outage_of(answers: list[Answer], fault: float, interval: float) -> float | N
     times = ([before[-1]] if before else [fault]) + after
     gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
     return max(0.0, gap - interval)
+
+
+def takeover_of(answers: list[Answer], fault: float, failed: str) -> float | None:
+    """Seconds from ``fault`` to the send time of the first request another server than
+    ``failed`` answered (None: none did)."""
+    for answer in answers:
+        if answer.sent >= fault and answer.who is not None and answer.who != failed:
+            return max(0.0, answer.sent - fault)
+    return None
 
 
 def client_flips(answers: list[Answer], fault: float, failed: str) -> int:
@@ -378,6 +389,7 @@ def analyse(
     after = [a.who for a in answers if a.sent >= fault and a.who]
     return Outcome(
         outage=outage_of(answers, fault, interval),
+        takeover=takeover_of(answers, fault, failed),
         before=before[-1] if before else None,
         after=after[-1] if after else None,
         address_overlap=overlap(samples, "address"),

@@ -46,6 +46,7 @@ class Run:
     active: str | None = None
     fault: str = ""
     outage: float | None = None
+    takeover: float | None = None
     after: str | None = None
     address_overlap: float = 0.0
     service_overlap: float = 0.0
@@ -79,25 +80,30 @@ def steady_server(
     client: probe.ClientProbe,
     settle: float,
 ) -> str:
-    """Wait for the steady state; the active server. RuntimeError after STEADY_TIMEOUT."""
+    """Wait for the steady state (the tool ready, the address and the service on one
+    server, the client answered by it alone, all for ``settle`` seconds without a break);
+    the active server. RuntimeError after STEADY_TIMEOUT."""
     deadline = time.monotonic() + STEADY_TIMEOUT
     why = "nothing checked yet"
+    ready_since = None
     while time.monotonic() < deadline:
         time.sleep(0.2)
         why = subject.ready() or ""
         if why:
+            ready_since = None
             continue
         now = time.monotonic()
+        ready_since = ready_since or now
         since = now - settle
-        recent = {s: _recent(w.samples, since) for s, w in watchers.items()}
+        if ready_since > since:
+            why = "the tool has not been ready for long enough"
+            continue
         if any(w.error for w in watchers.values()):
             raise RuntimeError(f"watcher failed: {[w.error for w in watchers.values()]}")
-        if any(
-            len(r) < settle / w.interval * 0.5
-            for r, w in zip(recent.values(), watchers.values(), strict=True)
-        ):
-            why = "watchers have too few samples yet"
+        if any(not w.samples or w.samples[0].at > since for w in watchers.values()):
+            why = "the watchers have not watched for long enough"
             continue
+        recent = {s: _recent(w.samples, since) for s, w in watchers.items()}
         holders = {s for s, r in recent.items() if all(x.address for x in r)}
         running = {s for s, r in recent.items() if all(x.service for x in r)}
         others = {s for s, r in recent.items() if any(x.address or x.service for x in r)}
@@ -108,9 +114,10 @@ def steady_server(
             )
             continue
         (active,) = holders
-        answers = [a for a in client.answers() if a.sent >= since and a.sent < now - 0.3]
-        if len(answers) < settle / client.interval * 0.5:
-            why = "the client has too few answers yet"
+        every = client.answers()
+        answers = [a for a in every if a.sent >= since and a.sent < now - 0.3]
+        if not every or every[0].sent > since or len(answers) < settle / client.interval / 2:
+            why = "the client has not polled for long enough"
             continue
         if any(a.who != active for a in answers):
             why = f"the client is not answered by {active} alone"
@@ -172,6 +179,7 @@ def run_once(
     if outcome.outage is not None and outcome.after == run.active:
         outcome = replace(outcome, outage=None)  # answered again by the failed server only
     run.outage = outcome.outage
+    run.takeover = outcome.takeover
     run.after = outcome.after
     run.address_overlap = round(outcome.address_overlap, 3)
     run.service_overlap = round(outcome.service_overlap, 3)

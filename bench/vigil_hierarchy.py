@@ -8,8 +8,9 @@ second server. Tags start with ``vb``: the agents' cgroups are named
 ``<cgroup2>/vigil/<server>/<tag>`` on the host, the same for every lab, so a tag another
 lab uses too (``web``) would share a cgroup with it.
 
-Lease settings: the lab has no option for them, so the bench rewrites the ``[lease]``
-table of each server's ``agent.toml`` before it starts the agents.
+Lease settings: ``Lab.up(lease=...)`` sets them for a whole lab, once; the bench switches
+them between settings in one lab, so it rewrites each server's ``agent.toml`` (with the
+lab's own writer, ``vigil.lab.files.write_agent_config``) before it starts the agents.
 
 The faults: SIGKILL of the active server's agent (its fence guard, a separate process,
 is the layer that must then take the service and the address down before the lease
@@ -27,21 +28,28 @@ from typing import Any
 import httpx
 from benchlab import PORT, SERVICE_MODULE, BenchLab
 
-from vigil.agent.config import LeaseSettings
+from vigil.agent.config import LeaseSettings, load_config
+from vigil.lab import files
 
 NAME = "vigil"
 APP, IP = "vbweb", "vbvip"
 
 
-def lease_table(settings: LeaseSettings | None) -> str:
-    if settings is None:
-        return ""
-    return (
-        "\n[lease]\n"
-        f"ttl = {settings.ttl}\n"
-        f"renew_interval = {settings.renew_interval}\n"
-        f"request_timeout = {settings.request_timeout}\n"
-        f"safety_margin = {settings.safety_margin}\n"
+def write_lease(config_file: Path, lease: LeaseSettings | None) -> None:
+    """Rewrite a lab agent's configuration with these ``[lease]`` settings (None: the
+    agent's defaults), through the lab's own writer, which checks the agent accepts it."""
+    config = load_config(config_file)
+    assert config.log_file is not None
+    files.write_agent_config(
+        config_file,
+        server=config.server,
+        address=config.api.listen,
+        port=config.api.port,
+        store_url=config.store,
+        state_dir=config.state_dir,
+        tokens_file=config.tokens_file,
+        log_file=config.log_file,
+        lease=lease,
     )
 
 
@@ -81,11 +89,30 @@ class Vigil:
         self._headers = {"authorization": f"Bearer {token}"}
 
     def unsupported(self, scenario: str) -> str | None:
+        return None
+
+    def note(self, scenario: str) -> str | None:
         if scenario == "linkcut" and self.store == "embedded":
             return (
-                "not measurable on the embedded store: the store is a file every lab server "
-                "reaches, so a cut link does not cut the server off the store (no lease "
-                "expires, nothing fails over; the service is unreachable)"
+                "a server partition is not measurable on the embedded store: the store is a "
+                "file every lab server reaches, so a cut link does not cut the server off "
+                "the store and no lease expires. What these runs measure is the ip kit's "
+                "quick check (every 2 s) finding eth0 without carrier, local recovery "
+                "failing, and the hierarchy failing over as a resource failure"
+            )
+        if scenario == "linkcut":
+            return (
+                "the cut server loses etcd: its agent (and fence guard) take the service and "
+                "the address down at ttl - safety margin; the other server takes over when "
+                "etcd expires the lease (etcd grants whole seconds: at least ceil(ttl)); the "
+                "ip kit's carrier check on the cut server may act first"
+            )
+        if scenario == "sigkill":
+            return (
+                "the killed agent's fence guard (a separate process, left running) takes "
+                "the service and the address down before the lease can expire; the other "
+                "server restores the hierarchy once it has expired (ip restore includes a "
+                "0.5 s ARP duplicate-address probe)"
             )
         return None
 
@@ -129,10 +156,7 @@ class Vigil:
     # -- the subject's contract -------------------------------------------------------
     def start(self) -> None:
         for server in self.bench.servers:
-            config = self.bench.info.server(server).config_file
-            text = config.read_text()
-            text = text.split("\n[lease]\n", 1)[0].rstrip("\n") + "\n"
-            config.write_text(text + lease_table(self.lease))
+            write_lease(self.bench.info.server(server).config_file, self.lease)
             self.bench.lab.start_agent(server, wait=False)
         for server in self.bench.servers:
             self.bench.lab.start_agent(server, wait=True)

@@ -87,6 +87,7 @@ def bench_subject(
         return rows
     try:
         for row in rows:
+            row.note = subject.note(row.scenario) if hasattr(subject, "note") else None
             row.reason = subject.unsupported(row.scenario)
             if row.reason:
                 say(f"   {row.scenario}: {row.reason}")

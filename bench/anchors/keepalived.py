@@ -59,6 +59,20 @@ class Keepalived:
     def unsupported(self, scenario: str) -> str | None:
         return None
 
+    def note(self, scenario: str) -> str | None:
+        if scenario == "sigkill":
+            return (
+                "nothing removes the address or stops the service on the killed server: "
+                "the client is answered by it until the new master's gratuitous ARPs, so "
+                "the outage is short but both servers hold the address and run the service "
+                "until the bench repairs the server"
+            )
+        return (
+            "the host veth down drops eth0's carrier in the server: keepalived there goes "
+            "to FAULT at once (removes the address, notify_fault stops the service) while "
+            "the other server waits 3 x advert_int + skew before it becomes master"
+        )
+
     # -- files ------------------------------------------------------------------------
     def _dir(self, server: str) -> Path:
         path = self.bench.server_dir(server) / "keepalived"

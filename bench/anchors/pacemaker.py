@@ -253,6 +253,19 @@ class Pacemaker:
     def unsupported(self, scenario: str) -> str | None:
         return None
 
+    def note(self, scenario: str) -> str | None:
+        if scenario == "sigkill":
+            return (
+                "without corosync the node's pacemaker cannot act and, without fencing, "
+                "nobody stops its resources: the client is answered by it until IPaddr2's "
+                "gratuitous ARPs on the other node, then both nodes hold the address and "
+                "run the service until the bench repairs the node"
+            )
+        return (
+            "both partitions keep quorum (two_node) and, without fencing, the cut node "
+            "keeps its resources while the other starts them after token + consensus"
+        )
+
     def start(self) -> None:
         cluster = self.cluster
         cluster.write_corosync(self.token)
