@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 purpose="${1:-demo}"
 debs=(python3 python3-venv iproute2 iputils-ping iputils-arping util-linux e2fsprogs procps psmisc curl)
+# BIND: the lab's DNS server, which the demo's and the tests' dns kit resources update
+debs+=(bind9 bind9-utils)
 if [ "$purpose" = test ]; then
-    # real services the tests run: etcd (store), BIND (dns kit)
-    debs+=(etcd-server etcd-client bind9 bind9-utils bind9-dnsutils)
+    # real services only the tests run: etcd (store); BIND's dig and nsupdate
+    debs+=(etcd-server etcd-client bind9-dnsutils)
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

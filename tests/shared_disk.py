@@ -1,9 +1,9 @@
 """Test helpers for volumes: a shared disk, and a private mount namespace to mount it in.
 
 ``SharedDisk``: one sparse image file with an ext4 filesystem (multi-mount protection
-on), and one loop device per server attached to it, as several hosts see one LUN. Used as
-a context manager, it detaches its loop devices on the way out, also after a failure, and
-checks that ``losetup -j IMAGE`` shows nothing left.
+on), and one loop device per server attached to it (``vigil.lab.disk``), as several hosts
+see one LUN. Used as a context manager, it detaches its loop devices on the way out, also
+after a failure, and checks that ``losetup -j IMAGE`` shows nothing left.
 
 ``MountNamespaceLoop``: an event loop in a thread that entered a new, private mount
 namespace. Mount namespaces are per thread: ``mount`` run from that loop, and the threads
@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from vigil.lab import disk
+
 CLONE_NEWNS = 0x00020000
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -44,7 +46,8 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class SharedDisk:
-    """An ext4 image (``-O mmp``) and one loop device per server onto it."""
+    """An ext4 image (``-O mmp``) and one loop device per server onto it (outside a lab:
+    ``vigil.lab.disk``'s building blocks; a lab has ``Lab.add_shared_disk``)."""
 
     def __init__(self, image: Path, size_mib: int = 64, mmp_update_interval: int = 1) -> None:
         self.image = image
@@ -55,17 +58,12 @@ class SharedDisk:
 
     def create(self, servers: int) -> SharedDisk:
         """Make the image and its filesystem, attach ``servers`` loop devices."""
-        self.image.parent.mkdir(parents=True, exist_ok=True)
-        with self.image.open("wb") as image:
-            image.truncate(self.size_mib * 2**20)
-        options = f"mmp_update_interval={self.mmp_update_interval}"
-        sh("mkfs.ext4", "-q", "-F", "-O", "mmp", "-E", options, str(self.image))
-        self.uuid = sh("blkid", "-p", "-s", "UUID", "-o", "value", str(self.image)).stdout.strip()
+        self.uuid = disk.make_filesystem(
+            self.image, self.size_mib, mmp_update_interval=self.mmp_update_interval
+        )
         try:
             for _ in range(servers):
-                self.devices.append(
-                    sh("losetup", "--find", "--show", str(self.image)).stdout.strip()
-                )
+                self.devices.append(disk.attach(self.image))
         except BaseException:
             self.detach()
             raise
@@ -73,15 +71,13 @@ class SharedDisk:
 
     def attached(self) -> list[str]:
         """Loop devices attached to the image right now (``losetup -j``)."""
-        shown = sh("losetup", "-j", str(self.image), check=False).stdout
-        return [line.split(":")[0] for line in shown.splitlines() if line.strip()]
+        return disk.attached(self.image)
 
     def detach(self) -> list[str]:
         """Detach every loop device of the image; the ones still attached afterwards."""
-        for device in set(self.devices) | set(self.attached()):
-            sh("losetup", "-d", device, check=False)
+        left = disk.detach(self.image, self.devices)
         self.devices = []
-        return self.attached()
+        return left
 
     def __enter__(self) -> SharedDisk:
         return self

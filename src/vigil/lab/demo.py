@@ -1,109 +1,100 @@
-"""The demo (the README's first command): a protected HTTP service in a 3-server lab.
+"""The demo (the README's first command): a protected web service in a 3-server lab.
 
-It builds the lab, protects a small real HTTP service (it answers with the name of the
-server it runs on) with the app kit, extends it to both backups with priorities, switches
-it over to node2 and back to node1, and after each step shows ``vigil status`` and what a
-client on the host sees on each server's address. Then it tears the lab down, also when a
-step fails. Every cluster step is a real ``vigil`` command, printed before it runs.
+It builds a lab of three servers, a client (another network namespace on the lab's
+network), a DNS server (BIND, in a namespace of its own) and a shared disk (one image, a
+loop device per server). It protects the app kit's sample HTTP service with a hierarchy
+of four (``vigil.lab.demo_steps``): the service keeps a counter on a shared volume, and
+clients reach it by a switchable address and by a DNS name. It extends the hierarchy to
+node2 (priority 10) and node3 (20), switches it over to node2 and back to node1, then
+kills node1's agent (SIGKILL: its fence guard takes node1's resources down, node2 takes
+over). After each step it shows ``vigil status`` and what the client sees: by address, by
+name, and the counter (the data written before a move is there after it). Then it tears
+the lab down, also when a step fails. Every cluster step is a real ``vigil`` command,
+printed before it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shlex
-import subprocess
-import sys
+import signal
 import time
 
-import httpx
-
-from vigil.lab.info import LabInfo
+from vigil.lab import demo_steps as steps
+from vigil.lab.demo_steps import TAG, Demo, say, vigil
 from vigil.lab.lab import Lab
 
-PORT = 8080
-TAG = "web"
 
-
-def _vigil(info: LabInfo, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    print(f"\n$ vigil {shlex.join(args)}", flush=True)
-    env = {**os.environ, "VIGIL_CLIENT_CONFIG": str(info.client_file)}
-    done = subprocess.run([sys.executable, "-m", "vigil", *args], env=env, text=True, check=False)
-    if check and done.returncode != 0:
-        raise SystemExit(
-            f"demo: 'vigil {shlex.join(args)}' failed with exit code {done.returncode}"
-        )
-    return done
-
-
-def _client_view(info: LabInfo) -> None:
-    """What a client on the host sees on each server's address."""
-    print("\nA client asking each server for http://<address>:8080/ sees:", flush=True)
+def build(lab: Lab) -> Demo:
+    """The lab, its client, its DNS server and its shared disk."""
+    say("Building a lab of 3 servers (network and mount namespaces, one agent each)...")
+    info = lab.up(3)
     for server in info.servers:
-        url = f"http://{server.address}:{PORT}/"
-        try:
-            answer = httpx.get(url, timeout=1.0, trust_env=False).text.strip().splitlines()[0]
-            seen = f"answered {answer!r}"
-        except httpx.HTTPError as exc:
-            seen = f"no service ({type(exc).__name__})"
-        print(f"  {server.name} {server.address:<12} {seen}", flush=True)
+        say(f"  {server.name}: {server.address}, agent API {server.api_url}")
+    client = lab.add_client(steps.CLIENT)
+    say(f"  {client.name}: {client.address}, a client of the service (no agent)")
+    dns = lab.add_dns_server(steps.DNS_WHERE)
+    say(
+        f"  DNS: BIND at {dns.address} ({dns.where}'s namespace), zone {dns.zone}, "
+        f"dynamic updates with TSIG key {dns.key_name}"
+    )
+    disk = lab.add_shared_disk(64)
+    devices = ", ".join(f"{s}: {d}" for s, d in disk.devices.items())
+    say(f"  shared disk: {disk.image} (ext4, multi-mount protection), {devices}")
+    return Demo(lab=lab, info=info, dns=dns, disk=disk)
 
 
-def _service_commands() -> dict[str, str]:
-    service = f"{sys.executable} -m vigil.kits.app.sample_service"
-    pidfile = "--pidfile $VIGIL_STATE_DIR/service.pid"
-    return {
-        "restore": f"{service} start {pidfile} --bind 0.0.0.0 --port {PORT} --name $VIGIL_SERVER",
-        "remove": f"{service} stop {pidfile}",
-        "quick_check": f"{service} status {pidfile} --port {PORT}",
-    }
+def show(demo: Demo, title: str) -> None:
+    say(f"\n=== {title} ===")
+    vigil(demo, "status")
+    steps.show_client_view(demo)
+
+
+def switchover(demo: Demo, target: str) -> None:
+    say(f"\n--- switchover to {target} ---")
+    began = time.monotonic()
+    vigil(demo, "in-service", TAG, "--on", target)
+    say(f"(the switchover took {time.monotonic() - began:.2f}s as seen by the command)")
+    show(demo, f"in service on {target}")
+
+
+def failover(demo: Demo) -> None:
+    say("\n--- failover: SIGKILL of node1's agent ---")
+    say("node1's fence guard takes node1's resources down when the agent's lease runs out;")
+    say("node2, the live backup with the best priority (10), takes the hierarchy over.")
+    demo.lab.stop_agent("node1", signal.SIGKILL)
+    waited = steps.wait_in_service(demo, "node2", ask="node2")
+    say(f"(in service on node2 and answering the client {waited:.2f}s after the SIGKILL)")
+    show(demo, "after the failover")
+    vigil(demo, "why", TAG)
 
 
 def run_demo(lab: Lab) -> None:
     started = time.monotonic()
-    print(
-        "Building a lab of 3 servers (network and mount namespaces, one agent each)...", flush=True
-    )
-    info = lab.up(3)
-    for server in info.servers:
-        print(f"  {server.name}: {server.address}, agent API {server.api_url}")
-    names = [s.name for s in info.servers]
-    for i, one in enumerate(names):
-        for other in names[i + 1 :]:
-            _vigil(
-                info,
-                "commpath", "create",
-                "--local", one, "--local-address", info.server(one).address,
-                "--remote", other, "--remote-address", info.server(other).address,
-            )  # fmt: skip
-    props = [f"--property={name}={command}" for name, command in _service_commands().items()]
-    _vigil(info, "resource", "create", TAG, "--kit", "app", "--server", "node1", *props)
-    _vigil(info, "extend", TAG, "--to", "node2", "--priority", "10")
-    _vigil(info, "extend", TAG, "--to", "node3", "--priority", "20")
-    _vigil(info, "status")
-    _client_view(info)
-    for target in ("node2", "node1"):
-        print(f"\n--- switchover to {target} ---", flush=True)
-        began = time.monotonic()
-        _vigil(info, "in-service", TAG, "--on", target)
-        print(f"(switchover took {time.monotonic() - began:.2f}s as seen by the command)")
-        _vigil(info, "status")
-        _client_view(info)
-    _vigil(info, "events", "--limit", "12")
-    print(
-        f"\nDemo finished in {time.monotonic() - started:.0f}s; tearing the lab down.", flush=True
-    )
+    demo = build(lab)
+    steps.comm_paths(demo)
+    steps.create_hierarchy(demo)
+    steps.extend(demo, "node2", 10)
+    steps.extend(demo, "node3", 20)
+    show(demo, "the hierarchy, in service on node1, extended to node2 and node3")
+    switchover(demo, "node2")
+    switchover(demo, "node1")
+    failover(demo)
+    say(f"\nDemo finished in {time.monotonic() - started:.0f}s; tearing the lab down.")
 
 
 def main() -> None:
     lab = Lab("lab")
     if lab.status().exists:
-        print("A lab called 'lab' exists from before; removing it first.", flush=True)
+        say("A lab called 'lab' exists from before; removing it first.")
         lab.down()
     try:
         run_demo(lab)
     finally:
         lab.down()
-        print("Lab removed: no namespace, bridge, process or file of it is left.", flush=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(steps.MOUNT_POINT)  # the empty mount point the volume kit created
+        say("Lab removed: no namespace, bridge, process, loop device or file of it is left.")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,38 @@ class StoreMemberState(BaseModel):
     pid: int | None = None
 
 
+class DnsServerState(BaseModel):
+    """A BIND of the lab (``vigil.lab.dns``); its TSIG secret stays in its directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    where: str
+    address: str
+    port: int
+    zone: str
+    reverse_zone: str
+    key_name: str
+    algorithm: str
+    directory: str
+    pid: int | None = None
+
+
+class SharedDiskState(BaseModel):
+    """A shared disk of the lab (``vigil.lab.disk``): its image and loop devices."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    size_mb: int
+    uuid: str
+    mmp: bool
+    devices: dict[str, str] = Field(default_factory=dict)
+
+
 class LabState(BaseModel):
     """``lab.json``: what a lab has built so far, rewritten after each step.
 
     ``store`` is the agents' store: ``embedded`` (``store_url`` None: the SQLite file under
     the root) or ``etcd`` (``store_url`` names every member of ``store_members``).
+    ``dns_servers`` (by where they run) and ``shared_disks``: added after ``up``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +91,8 @@ class LabState(BaseModel):
     store: Literal["embedded", "etcd"] = "embedded"
     store_url: str | None = None
     store_members: dict[str, StoreMemberState] = Field(default_factory=dict)
+    dns_servers: dict[str, DnsServerState] = Field(default_factory=dict)
+    shared_disks: list[SharedDiskState] = Field(default_factory=list)
 
 
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:

@@ -30,8 +30,21 @@ from typing import Any, Literal
 
 from vigil.agent.config import LeaseSettings
 from vigil.errors import LabError
-from vigil.lab import agents, clients, etcd, files, namespaces, network, processes, teardown
+from vigil.lab import (
+    agents,
+    clients,
+    disk,
+    dns,
+    etcd,
+    files,
+    namespaces,
+    network,
+    processes,
+    teardown,
+)
 from vigil.lab.clients import ClientInfo
+from vigil.lab.disk import SharedDiskInfo
+from vigil.lab.dns import DnsServerInfo
 from vigil.lab.info import LabInfo, LabStatus, ServerInfo
 from vigil.lab.naming import (
     API_PORT,
@@ -285,6 +298,41 @@ class Lab:
         ``subprocess.run``)."""
         argv = clients.enter_argv(self.names, client, argv)
         return subprocess.run(argv, check=kwargs.pop("check", False), **kwargs)
+
+    # -- services of the lab: a DNS server, shared disks ---------------------------------
+    def add_dns_server(
+        self,
+        where: str = "client50",
+        zone: str = dns.DEFAULT_ZONE,
+        network: str | None = None,
+        **options: Any,
+    ) -> DnsServerInfo:
+        """Start BIND in ``where`` (a server, or a dedicated namespace: a client, created
+        when missing), serving ``zone`` and the reverse zone of ``network`` (default: the
+        lab subnet), updatable with a fresh TSIG key. ``options``: ``records``,
+        ``key_name``, ``algorithm``. ``down`` stops it. See ``vigil.lab.dns``."""
+        state = self._state()
+        enter = self._enter(where) if where in state.servers else None
+        server, child = dns.add(self.names, state, where, enter, zone, network, **options)
+        self._children[child.pid] = child
+        return server
+
+    def dns_server(self, where: str = "client50") -> DnsServerInfo:
+        """The DNS server ``add_dns_server`` started in ``where``."""
+        return dns.recorded(self._state(), where)
+
+    def remove_dns_server(self, where: str = "client50") -> None:
+        """Stop the DNS server in ``where`` and remove its files (nothing if none)."""
+        dns.remove(self.names, self._state(), where)
+
+    def add_shared_disk(self, size_mb: int = 64, mmp: bool = True) -> SharedDiskInfo:
+        """A shared disk: a sparse ext4 image under the root (multi-mount protection with
+        ``mmp``), one loop device per server. ``down`` detaches them. See ``vigil.lab.disk``."""
+        return disk.add(self.names, self._state(), size_mb, mmp)
+
+    def shared_disks(self) -> list[SharedDiskInfo]:
+        """The lab's shared disks, in the order they were added."""
+        return [disk.info_of(record) for record in self._state().shared_disks]
 
     # -- agents ------------------------------------------------------------------------
     def start_agent(self, server: str, *, wait: bool = True) -> int:

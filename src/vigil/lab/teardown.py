@@ -2,8 +2,9 @@
 
 The order matters:
 
-1. stop the agents (SIGTERM, up to ``AGENT_GRACE`` s, then SIGKILL), then every other
-   process inside a lab namespace (SIGTERM, ``OTHER_GRACE`` s, SIGKILL), found by
+1. stop the lab's DNS servers (``named``, by their recorded pids), the agents (SIGTERM,
+   up to ``AGENT_GRACE`` s, then SIGKILL), then every other process inside a lab
+   namespace (SIGTERM, ``OTHER_GRACE`` s, SIGKILL), found by
    scanning ``/proc`` for the lab's namespaces; the etcd members of a lab on etcd last
    (agents stopping in order still need their store);
 2. delete the bridge, its ports and the host-side veths (their peers go with them);
@@ -23,7 +24,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from vigil.lab import clients, etcd, namespaces, network, processes
+from vigil.lab import clients, dns, etcd, namespaces, network, processes
 from vigil.lab.files import LabState
 from vigil.lab.naming import NETNS_DIR, LabNames
 
@@ -100,7 +101,8 @@ def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     store_netns = etcd.netns_names(names, state)
     netns_names = lab_netns(names, state) + clients.netns_names(names)
     agent_pids = [] if state is None else [s.agent_pid for s in state.servers.values()]
-    problems = stop_processes(
+    problems = [] if state is None else dns.stop_recorded(state.dns_servers)
+    problems += stop_processes(
         namespace_keys(names, netns_names) - store_keys, [p for p in agent_pids if p is not None]
     )
     problems += stop_processes(store_keys, [], STORE_GRACE)
