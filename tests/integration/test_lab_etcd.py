@@ -204,6 +204,9 @@ def test_a_server_cut_off_the_store_fences_itself(lab: Lab, api: Api) -> None:
     assert "fencing node1" in log
     # back on the network, node1's agent joins again with a new lease
     wait_for(lambda: len(re.findall(r"lease \w+ granted", _agent_log(info, "node1"))) >= 2)
+    # and the lab is left quiet: no restore of "fenced" under way when it is torn down
+    api.ok("DELETE", "/v1/hierarchies/fenced")
+    wait_for(lambda: not _answers_inside(lab, "node1", FENCED), what="fenced gone from node1")
 
 
 def test_down_removes_every_part_of_the_etcd(lab: Lab) -> None:
@@ -278,10 +281,21 @@ def _steady_hierarchy(info: LabInfo) -> Api:
 
 
 def _assert_held_throughout(probe: DualActiveProbe, first: int) -> None:
+    """Since sample ``first``: one and the same process of the service ran on node1 and
+    nowhere else (never taken down and restored), and it answered on node1 alone. A round
+    of the probe that overran its own HTTP timeout (a loaded machine) may miss an answer:
+    such rounds are counted, and must stay rare."""
     samples = probe.samples[first:]
     assert len(samples) > 100, len(samples)
-    off = [s for s in samples if s.answered(STEADY) != {"node1"} or s.ran(STEADY) != {"node1"}]
-    assert not off, f"{len(off)} of {len(samples)} samples not on node1 alone: {off[:3]}"
+    elsewhere = [s for s in samples if s.ran(STEADY) != {"node1"} or s.answered(STEADY) - {"node1"}]
+    assert not elsewhere, f"{len(elsewhere)} of {len(samples)} samples: {elsewhere[:3]}"
+    pids = {s.running[STEADY]["node1"] for s in samples}
+    assert len(pids) == 1, f"the service was restarted on node1: {pids}"
+    silent = [s for s in samples if s.answered(STEADY) != {"node1"}]
+    late = [s for s in silent if s.took >= probe.timeout]
+    assert silent == late, f"no answer from node1 in time: {[s for s in silent if s not in late]}"
+    assert len(late) <= len(samples) // 50, f"{len(late)} of {len(samples)} probe rounds late"
+    print(f"{len(samples)} samples: on node1 alone throughout ({len(late)} probe rounds late)")
 
 
 def _assert_leases_kept(info: LabInfo, before: dict[str, list[str]], since: float) -> None:
