@@ -104,7 +104,8 @@ def test_confirm_failover(
         cluster.wait_states(tag, {"node2": "ISP", "node3": "OSU"})
     else:
         expected = "refused by an operator" if answer == "no" else "default block"
-        wait_until(lambda: expected in cluster.agent_log("node2"), 15, f"node2 log: {expected}")
+        event = cluster.wait_event(mark, "failover-blocked", hierarchy=tag, timeout=15)
+        assert expected in event["message"], event
         probe.steady(WEB, None, 2.0)
         assert "failover-started" not in cluster.kinds(mark)
         assert cluster.hierarchy(tag)["status"] == "Unknown"
@@ -127,6 +128,7 @@ def test_n_plus_one_standby_serves_one_primary_at_a_time(
     cluster.kill_agent("node1")
     probe.answering_only(WEB, "node3")
     cluster.wait_event(mark, "failover-started", hierarchy="npa", server="node3")
+    mark = cluster.mark()
     cluster.wait_states("npa", {"node3": "ISP"})
     # node2 dies too: node3 already serves node1's hierarchy and refuses node2's;
     # node2's next server, node1, is down: npb waits
@@ -134,7 +136,8 @@ def test_n_plus_one_standby_serves_one_primary_at_a_time(
     probe.answering_only(DB, None)
     probe.steady(DB, None, LEASES)
     refusal = "node3 already serves npa for node1 (N+1: one primary at a time)"
-    wait_until(lambda: refusal in cluster.agent_log("node3"), 10, "node3 says why it refuses")
+    event = cluster.wait_event(mark, "failover-blocked", hierarchy="npb")
+    assert refusal in event["message"], event
     assert cluster.hierarchy("npb")["status"] == "Unknown"
     assert probe.where(WEB) == {"node3"}
     # node1 is back: npb goes to its next server, node1 (npa stays on node3)
@@ -147,15 +150,26 @@ def test_n_plus_one_standby_serves_one_primary_at_a_time(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: an N+1 standby's refusal is only written to its agent log; the cluster "
-    "event log has no event for it (the issue asks for a clear event)",
+    reason="BUG: a blocked failover is announced in the event log only by the first alive "
+    "server (by name) the hierarchy is extended to (Cycle._announces), but only the target "
+    "decides BLOCKED for a refused confirmation: when the target is not that server (node3 "
+    "here, node2 alive) the refusal is never recorded as an event, only in node3's log",
 )
-def test_n_plus_one_refusal_is_an_event(cluster: Cluster, probe: DualActiveProbe) -> None:
-    n_plus_one_pair(cluster, "npc", "npd")
-    cluster.kill_agent("node1")
-    probe.answering_only(WEB, "node3")
+def test_confirm_refused_on_a_later_server_of_a_cascade_is_an_event(
+    cluster: Cluster, probe: DualActiveProbe
+) -> None:
+    """node2 fails to restore; node3, asking for confirmation, is refused: the event log
+    says the hierarchy stays out of service (node2, alive, decides nothing about it)."""
+    cluster.create("pol4")
+    cluster.fail_restore("node2", "pol4")
+    cluster.server_policy("node3", confirm_failover=True)
     mark = cluster.mark()
-    cluster.kill_agent("node2")
-    wait_until(lambda: "N+1" in cluster.agent_log("node3"), 10, "node3 refuses")
-    refusals = [e for e in cluster.events(mark) if "N+1" in e["message"]]
-    assert refusals, f"no event about the N+1 refusal: {cluster.kinds(mark)}"
+    cluster.kill_agent("node1")
+    cluster.wait_event(mark, "restore-failed", hierarchy="pol4", server="node2")
+    cluster.wait_event(mark, "failover-confirm", hierarchy="pol4", server="node3")
+    cluster.ok("POST", "/v1/hierarchies/pol4/confirm-failover", {"proceed": False})
+    refused = "pol4 stays out of service: failover to node3 refused by an operator"
+    wait_until(lambda: refused in cluster.agent_log("node3"), 10, "node3 logs the refusal")
+    event = cluster.wait_event(mark, "failover-blocked", hierarchy="pol4", timeout=10)
+    assert "refused by an operator" in event["message"], event
+    probe.steady(WEB, None, 1.0)

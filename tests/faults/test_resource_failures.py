@@ -105,12 +105,6 @@ def test_block_resource_failover_stops_resource_failover_not_server_death(
     cluster.wait_states("web4", {"node2": "ISP", "node3": "OSU"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a blocked resource failover the failed resource stays in the agent's "
-    "running set: it is checked again and again (a check-failed/failover-blocked pair every "
-    "interval) and 'in service' on that server never restores it",
-)
 def test_blocked_failure_is_not_checked_again_and_can_be_brought_back(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:
@@ -136,11 +130,6 @@ def test_blocked_failure_is_not_checked_again_and_can_be_brought_back(
     probe.answering_only(WEB, "node1", timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a changed quick_check_interval is not applied to a resource already in "
-    "service (the monitor reads it once, when the resource's task starts)",
-)
 def test_changed_check_interval_applies_while_in_service(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:
@@ -150,8 +139,8 @@ def test_changed_check_interval_applies_while_in_service(
     end = begin + 4.0
     wait_until(lambda: time.time() > end, 10, "4 s of checks")
     checks = [t for t in check_times(cluster.agent_log("node1"), "web5") if begin <= t <= end]
-    # one check every 0.25 s: about 16 in 4 s (one every 2 s: 2)
-    assert len(checks) >= 8, f"{len(checks)} quick checks of web5 in 4 s"
+    # every 0.25 s plus the check's own run time (about 0.2 s): 6 to 9 in 4 s; every 2 s: 2
+    assert len(checks) >= 5, f"{len(checks)} quick checks of web5 in 4 s"
     probe.steady(WEB, "node1", 0.5)
 
 
