@@ -58,6 +58,14 @@ def switchover(demo: Demo, target: str) -> None:
     show(demo, f"in service on {target}")
 
 
+def lab_file(demo: Demo, server: str, name: str) -> str:
+    """A file of ``server`` under the lab's root ('' if missing)."""
+    try:
+        return (demo.lab.names.server_dir(server) / name).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def failover(demo: Demo) -> None:
     say("\n--- failover: SIGKILL of node1's agent ---")
     say("node1's fence guard takes node1's resources down when the agent's lease runs out;")
@@ -65,6 +73,10 @@ def failover(demo: Demo) -> None:
     demo.lab.stop_agent("node1", signal.SIGKILL)
     waited = steps.wait_in_service(demo, "node2", ask="node2")
     say(f"(in service on node2 and answering the client {waited:.2f}s after the SIGKILL)")
+    guard_log = lab_file(demo, "node1", "state/fence-guard.log")
+    fenced = [line for line in guard_log.splitlines() if "fence-guard:" in line][-5:]
+    if fenced:
+        say("node1's fence guard logged:\n  " + "\n  ".join(fenced))
     show(demo, "after the failover")
     vigil(demo, "why", TAG)
 
