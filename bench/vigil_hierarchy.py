@@ -86,7 +86,14 @@ class Vigil:
         self.setting = f"{label} ({describe(lease)})"
         self.window = 20.0
         token = bench.info.tokens["administrator"]
-        self._headers = {"authorization": f"Bearer {token}"}
+        # plain HTTP inside the lab: no TLS context, no CA files read (a CA bundle being
+        # replaced on the host while the bench runs once failed a client's creation)
+        self._client = httpx.Client(
+            timeout=60.0,
+            trust_env=False,
+            verify=False,
+            headers={"authorization": f"Bearer {token}"},
+        )
 
     def unsupported(self, scenario: str) -> str | None:
         return None
@@ -122,8 +129,7 @@ class Vigil:
             if self.bench.lab.agent_pid(candidate) is None:
                 continue
             url = self.bench.info.server(candidate).api_url + path
-            with httpx.Client(timeout=60.0, trust_env=False, headers=self._headers) as client:
-                answer = client.request(method, url, json=body)
+            answer = self._client.request(method, url, json=body)
             if answer.status_code == 404 and method == "GET":
                 return None
             if answer.status_code != 200:
@@ -174,8 +180,8 @@ class Vigil:
                 return f"the agent of {server} is not running"
         try:
             states = self.states()
-        except (RuntimeError, httpx.HTTPError) as exc:
-            return f"the API does not answer: {exc}"
+        except Exception as exc:  # not ready, whatever the reason; the bench waits
+            return f"the API does not answer: {type(exc).__name__}: {exc}"
         if sorted(states.values()) != ["ISP", "OSU"]:
             return f"{APP} is not in service on one server with a ready standby: {states}"
         return None
@@ -190,8 +196,11 @@ class Vigil:
             self.bench.lab.start_agent(server, wait=True)
 
     def stop(self) -> None:
-        for server in self.bench.servers:
-            self.bench.lab.stop_agent(server, signal.SIGTERM, timeout=30.0)
+        try:
+            for server in self.bench.servers:
+                self.bench.lab.stop_agent(server, signal.SIGTERM, timeout=30.0)
+        finally:
+            self._client.close()
 
     def logs(self) -> dict[str, Path]:
         """name -> log file, for the bench to keep after an odd run."""

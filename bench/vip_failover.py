@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -51,7 +52,7 @@ from anchors.keepalived import Keepalived
 from anchors.pacemaker import Pacemaker, PacemakerCluster
 from benchlab import BenchLab
 from report import Row, run_text, table
-from runs import Subject, keep_logs, run_once
+from runs import Run, Subject, keep_logs, run_once
 from vigil_hierarchy import Vigil
 
 from vigil.agent.config import LeaseSettings
@@ -94,7 +95,11 @@ def bench_subject(
                 continue
             failures = 0
             for number in range(1, runs + 1):
-                run = run_once(bench, subject, row.scenario, number, settle, hold)
+                try:
+                    run = run_once(bench, subject, row.scenario, number, settle, hold)
+                except Exception as exc:  # one broken run must not end the bench
+                    run = Run(subject.tool, subject.setting, row.scenario, number)
+                    run.error = f"bench error: {type(exc).__name__}: {exc}"
                 row.runs.append(run)
                 say(f"   {row.scenario} #{number}: {run_text(run)}")
                 odd = run.error or run.outage is None or (run.dual and run.tool == "vigil")
@@ -254,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: tearing down")
         exit_code = 130
+    except Exception:
+        say(f"bench failed, tearing down:\n{traceback.format_exc()}")
+        exit_code = 1
     finally:
         problems = benchlab.tear_down(bench, args.name, args.subnet)
         for problem in problems:
