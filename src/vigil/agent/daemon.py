@@ -159,13 +159,20 @@ class Agent:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         assert self.cycle and self.actor
-        await self.cycle.cancel_steps()
-        for task in tasks:
+        # first no new decisions (the loop could start a step while steps are cancelled),
+        # then no step in progress; the lease is renewed until the hierarchies are left
+        lease = [t for t in tasks if t.get_name() == "lease"]
+        others = [t for t in tasks if t.get_name() != "lease"]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
+        await self.cycle.cancel_steps()
         mode = self.stop_mode or StopMode.HOLD
         with contextlib.suppress(VigilError):
             await self._leave(mode)
+        for task in lease:
+            task.cancel()
+        await asyncio.gather(*lease, return_exceptions=True)
         self._write_plan(mode="stopped")
         if self.lease:
             await self.lease.revoke()

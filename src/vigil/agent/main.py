@@ -25,6 +25,7 @@ from vigil.agent.daemon import Agent
 from vigil.agent.operations import Operations
 from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
+from vigil.errors import VigilError
 from vigil.model.policies import StopMode
 
 log = logging.getLogger("vigil.agent")
@@ -48,6 +49,7 @@ def setup_logging(
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
     listener = logging.handlers.QueueListener(records, target)
     listener.start()
     return listener
@@ -137,6 +139,9 @@ def main(config_file: Path) -> int:
     become_subreaper()
     try:
         asyncio.run(run(config))
+    except VigilError as exc:  # a refusal written for an administrator: no traceback
+        log.error("the agent of %s cannot run: %s", config.server, exc)
+        return 1
     except Exception:
         log.exception("the agent of %s stopped on an error", config.server)
         return 1

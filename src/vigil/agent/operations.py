@@ -302,6 +302,17 @@ class Operations:
             owned = sorted(t for t in tags if t in cluster.owners)
             if not owned:
                 return Outcome(summary, True, "out of service on every server", revision)
+            moved = [
+                cluster.intents[t]
+                for t in owned
+                if t in cluster.intents
+                and cluster.intents[t].revision > revision
+                and cluster.intents[t].server
+            ]
+            if moved:  # e.g. a remove failed and the owner took the hierarchy back
+                return Outcome(
+                    summary, False, f"wanted on {moved[0].server} again: {moved[0].reason}"
+                )
             if time.monotonic() > deadline:
                 where = ", ".join(f"{t} on {cluster.owners[t].server}" for t in owned)
                 return Outcome(summary, False, f"still in service after {timeout:g}s: {where}")
