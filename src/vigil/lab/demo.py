@@ -73,7 +73,10 @@ def failover(demo: Demo) -> None:
     demo.lab.stop_agent("node1", signal.SIGKILL)
     waited = steps.wait_in_service(demo, "node2", ask="node2")
     say(f"(in service on node2 and answering the client {waited:.2f}s after the SIGKILL)")
-    guard_log = lab_file(demo, "node1", "state/fence-guard.log")
+    guard_log, deadline = "", time.monotonic() + 3.0
+    while f"unmounted {steps.MOUNT_POINT}" not in guard_log and time.monotonic() < deadline:
+        guard_log = lab_file(demo, "node1", "state/fence-guard.log")  # it logs line by line
+        time.sleep(0.1)
     fenced = [line for line in guard_log.splitlines() if "fence-guard:" in line][-5:]
     if fenced:
         say("node1's fence guard logged:\n  " + "\n  ".join(fenced))

@@ -14,6 +14,9 @@ Typical use::
     info = lab.up(3)                     # node1..node3 with their agents answering
     lab.exec("node2", ["ip", "-br", "addr"])
     lab.stop_agent("node1", signal.SIGKILL)
+    lab.add_client("client1")            # a host outside the cluster, on the lab network
+    lab.add_dns_server("client50")       # BIND in a namespace of its own (vigil.lab.dns)
+    lab.add_shared_disk(64)              # one image, a loop device per server (vigil.lab.disk)
     lab.down()                           # idempotent; also after a crash
 
     Lab("e", 4).up(3, store="etcd", store_members=3)   # agents on etcd
