@@ -62,7 +62,7 @@ class Agent:
         self.lease: LeaseKeeper | None = None
         self.actor: Actor | None = None
         self.cycle: Cycle | None = None
-        self.cgroups = Cgroups(self.server)
+        self.cgroups = Cgroups(self.server, config.state_dir)
         self.stop_mode: StopMode | None = None
         self._template: tuple[object, FencePlan] | None = None
         self._stopping = asyncio.Event()
@@ -174,6 +174,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*lease, return_exceptions=True)
         self._write_plan(mode="stopped")
+        if mode is not StopMode.MAINTENANCE:  # in maintenance the resources keep running
+            await asyncio.to_thread(self.cgroups.remove_all)
         if self.lease:
             await self.lease.revoke()
         for store in (self.store, self.lease_store):

@@ -17,6 +17,7 @@ Three layers, from the agent's own to the one that needs no agent at all:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -47,11 +48,15 @@ def cgroup2_root() -> Path | None:
 
 
 class Cgroups:
-    """The cgroups of one server's resources."""
+    """The cgroups of one server's resources: ``<cgroup2>/vigil/<server>-<id>/<tag>``.
 
-    def __init__(self, server: str, root: Path | None = None) -> None:
+    ``id`` is derived from the agent's state directory, so two clusters on one host (labs
+    in tests, above all) never share a cgroup: a fence in one must not kill the other's."""
+
+    def __init__(self, server: str, state_dir: Path, root: Path | None = None) -> None:
         base = root if root is not None else cgroup2_root()
-        self.base = base / "vigil" / server if base is not None else None
+        scope = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+        self.base = base / "vigil" / f"{server}-{scope}" if base is not None else None
 
     def path(self, tag: str) -> Path | None:
         """The resource's cgroup, created if missing (None without cgroup v2)."""
@@ -70,6 +75,19 @@ class Cgroups:
     def kill(self, tag: str) -> list[int]:
         """Kill every process left in the resource's cgroup; the pids it found."""
         return kill_cgroup(self.base / tag) if self.base is not None else []
+
+    def remove_all(self) -> list[int]:
+        """Kill what is left in every resource cgroup of this server and remove them all
+        (an orderly stop, or a lab torn down). The pids that were still there."""
+        if self.base is None or not self.base.is_dir():
+            return []
+        pids = [
+            pid for child in self.base.iterdir() if child.is_dir() for pid in kill_cgroup(child)
+        ]
+        with contextlib.suppress(OSError):
+            self.base.rmdir()
+            self.base.parent.rmdir()  # the shared "vigil" level, when no cluster uses it
+        return pids
 
 
 def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:

@@ -24,9 +24,10 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from vigil.agent.fencing import Cgroups
 from vigil.lab import clients, dns, etcd, namespaces, network, processes
 from vigil.lab.files import LabState
-from vigil.lab.naming import NETNS_DIR, LabNames
+from vigil.lab.naming import NETNS_DIR, LabNames, is_server_name
 
 #: seconds agents get to take their resources out of service before SIGKILL
 AGENT_GRACE = 10.0
@@ -95,6 +96,13 @@ def detach_loop_devices(root: Path) -> list[str]:
     return problems
 
 
+def servers_of(netns_names: Iterable[str], names: LabNames) -> list[str]:
+    """The lab's server names, from its network namespaces (``vigil-NAME-nodeK``)."""
+    prefix = f"vigil-{names.name}-"
+    found = [n[len(prefix) :] for n in netns_names if n.startswith(prefix)]
+    return [s for s in found if is_server_name(s)]
+
+
 def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     """Remove everything of the lab; returns one message per part that could not go."""
     store_keys = etcd.namespace_keys(names, state)
@@ -106,6 +114,8 @@ def tear_down(names: LabNames, state: LabState | None) -> list[str]:
         namespace_keys(names, netns_names) - store_keys, [p for p in agent_pids if p is not None]
     )
     problems += stop_processes(store_keys, [], STORE_GRACE)
+    for server in servers_of(netns_names, names):
+        Cgroups(server, names.server_dir(server) / "state").remove_all()
     netns_names += store_netns
     try:
         problems += network.delete_links(names.bridge, names.is_host_veth)
