@@ -139,7 +139,9 @@ def test_find_holders_names_pid_command_and_file(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while True:
             found = {h.pid: h for h in find_holders(os.stat(held).st_dev)}
-            if holder.pid in found and any("open file" in u for u in found[holder.pid].uses):
+            # the interpreter opens other files on this filesystem while it starts: wait
+            # until the held file itself is open
+            if holder.pid in found and any(str(held) in u for u in found[holder.pid].uses):
                 break
             assert time.monotonic() < deadline, "the holder was not found"
             time.sleep(0.05)
