@@ -5,7 +5,8 @@ Usage (as root, from the repository, with its virtualenv)::
     .venv/bin/python bench/failover.py [--runs 10] [--stores embedded,etcd]
         [--scenarios service-kill,agent-kill,link-cut] [--check-interval 0.5]
 
-It builds its own lab (``bench``, subnet 10.213.59.0/24) of three servers and a client
+It builds its own lab (``bench``, subnet 10.213.59.0/24; on etcd ``bench-e``, 10.213.58.0/24)
+of three servers and a client
 namespace (``client1``) on the lab's bridge, protects the app kit's sample HTTP service
 (port 8080; created on node1, extended to node2 and node3), and for each store and
 scenario runs ``--runs`` times:
@@ -39,6 +40,7 @@ import argparse
 import errno
 import inspect
 import os
+import random
 import selectors
 import shutil
 import signal
@@ -55,12 +57,14 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.faults
 
-from tests.faults.cluster import Cluster, wait_until
+from tests.faults.cluster import Cluster, lab_up, wait_until
 from tests.faults.probe import DualActiveProbe
 
 from vigil.lab.lab import Lab
 
-LAB_NAME, SUBNET = "bench", 59
+#: the bench's labs: one per store (rebuilding a lab of the same name right after its
+#: ``down`` has been seen to fail, so the etcd one has a name and subnet of its own)
+LABS = {"embedded": ("bench", 59), "etcd": ("bench-e", 58)}
 PORT = 8080
 TAG = "bweb"
 SERVERS = ("node1", "node2", "node3")
@@ -166,6 +170,11 @@ class Answers:
             with self.lock:
                 self.seen.append((float(sent), name))
 
+    def forget(self) -> None:
+        """Drop what was seen so far (each run looks only at its own answers)."""
+        with self.lock:
+            self.seen.clear()
+
     def since(self, start: float) -> list[tuple[float, str]]:
         with self.lock:
             return [a for a in self.seen if a[0] > start]
@@ -215,9 +224,10 @@ class Result:
 class Bench:
     def __init__(self, store: str, check_interval: float) -> None:
         self.store = store
-        self.lab = Lab(LAB_NAME, subnet_index=SUBNET)
+        name, subnet = LABS[store]
+        self.lab = Lab(name, subnet_index=subnet)
         self.lab.down()  # leftovers of an interrupted run
-        info = self.lab.up(3, **({} if store == "embedded" else {"store": store}))
+        info = lab_up(self.lab, 3, store)
         self.cluster = Cluster(self.lab, info, store)
         client = self.lab.add_client(CLIENT)
         self._paths()
@@ -272,8 +282,11 @@ class Bench:
         """Fault, time to the first good answer from the new server, mend; and whether
         two servers were active at once meanwhile."""
         fault, new, mend = self._scenario(scenario)
+        self.answers.forget()
         violations = len(self.probe.violations())
         self.mark = self.cluster.mark()
+        # at a random phase of the check and lease-renewal cycles, not always the same one
+        time.sleep(random.uniform(0.0, 1.0))
         start = time.monotonic()
         fault()
         took = self.answers.first(new, start, 60.0) - start
@@ -358,7 +371,15 @@ def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+_MAIN_PID = os.getpid()
+
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM: tear down as on Ctrl-C. A forked copy of this process (pyroute2 forks to
+    create a network namespace) inherits this handler: it must just die, never run the
+    bench's cleanup (that tore the lab down under the parent's feet)."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -390,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         for store in stores:
-            say(f"building lab {LAB_NAME} on the {store} store")
+            say(f"building lab {LABS[store][0]} on the {store} store")
             bench = Bench(store, args.check_interval)
             try:
                 for scenario in scenarios:

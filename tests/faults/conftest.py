@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.cluster import SERVERS, Cluster, wait_until
+from tests.faults.cluster import SERVERS, Cluster, lab_up, wait_until
 from tests.faults.probe import DualActiveProbe
 from vigil.lab.lab import Lab
 
@@ -38,8 +38,7 @@ def _build(name: str, subnet: int, store: str) -> Iterator[Cluster]:
     lab.down()  # leftovers of an earlier crashed run
     cluster = None
     try:
-        options = {} if store == "embedded" else {"store": store}
-        info = lab.up(len(SERVERS), **options)
+        info = lab_up(lab, len(SERVERS), store)
         cluster = Cluster(lab, info, store)
         for i, one in enumerate(SERVERS):
             for other in SERVERS[i + 1 :]:
