@@ -1,7 +1,7 @@
 """Maintenance (``vigil agent stop --leave-resources``) and probing at start: resources
 left running are not taken over, and are adopted when the agent is back; a copy found
-running where the hierarchy is not wanted is removed. The dual-active probe runs through
-every test.
+running where the hierarchy is not wanted is removed. And the dual-active probe itself:
+it reports a second copy. The dual-active probe runs through every test.
 """
 
 from __future__ import annotations
@@ -82,3 +82,35 @@ def test_probe_at_start_removes_a_copy_running_where_it_is_not_wanted(
     probe.steady(WEB, "node2", 1.0)
     cluster.wait_states("mnt2", {"node2": "ISP", "node3": "OSU"})
     wait_until(lambda: not pidfile.exists(), 10, "node3's pidfile removed")
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "127.0.0.1"])
+def test_the_dual_active_probe_sees_a_second_copy(
+    cluster: Cluster, probe: DualActiveProbe, bind: str
+) -> None:
+    """The probe itself: a second copy of the service on node2 is reported, whether it
+    answers on the network (0.0.0.0) or only its process runs there (127.0.0.1)."""
+    tag = f"mnt3-{bind[0]}"
+    cluster.create(tag)
+    pidfile = cluster.root / "node2" / "state" / "copy.pid"
+    start = [
+        sys.executable, "-m", "vigil.kits.app.sample_service", "start",
+        "--pidfile", str(pidfile), "--bind", bind, "--port", str(WEB), "--name", "copy",
+    ]  # fmt: skip
+    stop = [sys.executable, "-m", "vigil.kits.app.sample_service", "stop", "--pidfile"]
+    own = DualActiveProbe(cluster.info, [WEB]).start()
+    with probe.ignore("node2"):
+        try:
+            done = cluster.lab.exec("node2", start, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stdout + done.stderr
+            seen = own.wait(lambda s: bool(s.dual()), 10, "the probe to see two copies")
+        finally:
+            own.stop()
+            cluster.lab.exec("node2", [*stop, str(pidfile)], timeout=30)
+        probe.wait(lambda s: "node2" not in s.ran(WEB), 10, "the copy on node2 stopped")
+    with pytest.raises(AssertionError, match="DUAL ACTIVE"):
+        own.check()
+    if bind == "0.0.0.0":
+        assert seen.answered(WEB) == {"node1", "node2"}, seen
+    assert seen.ran(WEB) == {"node1", "node2"}, seen
+    probe.steady(WEB, "node1", 0.5)

@@ -7,6 +7,7 @@ offers; the dual-active probe runs through every test.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -27,10 +28,13 @@ def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def assert_fenced_before_takeover(cluster: Cluster, server: str, killed_at: float) -> None:
-    """The fence guard of ``server`` killed the service there, after ``killed_at``, and
-    before any other server began restoring it."""
-    log = cluster.guard_log(server)
+def assert_fenced_before_takeover(
+    cluster: Cluster, server: str, killed_at: float, guard_log: int
+) -> None:
+    """The fence guard of ``server`` killed the service there (its log from offset
+    ``guard_log`` on says so), after ``killed_at``, and before any other server began
+    restoring it."""
+    log = cluster.guard_log(server)[guard_log:]
     assert "fencing" in log and "killed 1 process(es) of " in log, log[-1500:]
     fenced = json.loads((cluster.root / server / "state" / "fenced.json").read_text())
     assert fenced["at"] >= killed_at - 1, fenced
@@ -44,7 +48,7 @@ def test_agent_sigkill_fenced_and_backup_takes_over(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:
     cluster.create("die1")
-    mark = cluster.mark()
+    mark, guard_log = cluster.mark(), len(cluster.guard_log("node1"))
     killed_at, t0 = time.time(), time.monotonic()
     cluster.kill_agent("node1", signal.SIGKILL)
     gone = probe.wait(lambda s: "node1" not in s.ran(WEB), 10, "the service gone from node1")
@@ -52,7 +56,7 @@ def test_agent_sigkill_fenced_and_backup_takes_over(
     print(f"service gone from node1 {gone.at - t0:.2f}s, up on node2 {up.at - t0:.2f}s after")
     event = cluster.wait_event(mark, "failover-started", hierarchy="die1", server="node2")
     assert "node1 is down" in event["message"]
-    assert_fenced_before_takeover(cluster, "node1", killed_at)
+    assert_fenced_before_takeover(cluster, "node1", killed_at, guard_log)
     seen = cluster.wait_states("die1", {"node1": "UNKNOWN", "node2": "ISP", "node3": "OSU"})
     assert "not running" in seen["node1"]["reason"]
     assert cluster.server_view("node1")["state"] == "DEAD"
@@ -66,13 +70,14 @@ def test_agent_sigstop_fenced_then_rejoins_without_resources(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:
     cluster.create("die2")
-    mark = cluster.mark()
+    mark, guard_log = cluster.mark(), len(cluster.guard_log("node1"))
+    agent_log = len(cluster.agent_log("node1"))
     stopped_at = time.time()
     cluster.kill_agent("node1", signal.SIGSTOP)
     probe.wait(lambda s: "node1" not in s.ran(WEB), 10, "the service gone from frozen node1")
     probe.answering_only(WEB, "node2")
     cluster.wait_event(mark, "failover-started", hierarchy="die2", server="node2")
-    assert_fenced_before_takeover(cluster, "node1", stopped_at)
+    assert_fenced_before_takeover(cluster, "node1", stopped_at, guard_log)
     assert cluster.states("die2")["node1"] == "UNKNOWN"
     # the frozen agent wakes up: it finds its lease lost and rejoins, holding nothing
     cluster.thaw_agent("node1")
@@ -80,8 +85,8 @@ def test_agent_sigstop_fenced_then_rejoins_without_resources(
     seen = cluster.wait_states("die2", {"node1": "OSU", "node2": "ISP", "node3": "OSU"})
     assert "node2" in seen["node1"]["reason"], seen["node1"]
     probe.steady(WEB, "node2", 3.0)
-    log = cluster.agent_log("node1")
-    assert "lost" in log and "fencing node1" in log, log[-2000:]
+    log = cluster.agent_log("node1")[agent_log:]
+    assert re.search(r"lease \w+ lost", log) and "fencing node1" in log, log[-2000:]
 
 
 def test_link_cut_owner_fences_itself_and_backup_takes_over(
@@ -97,7 +102,7 @@ def test_link_cut_owner_fences_itself_and_backup_takes_over(
             reason += ", and etcd is not installed: no etcd lab"
         pytest.skip(reason)
     cluster.create("die3")
-    mark = cluster.mark()
+    mark, agent_log = cluster.mark(), len(cluster.agent_log("node1"))
     cut_at, t0 = time.time(), time.monotonic()
     cluster.link("node1", up=False)
     cluster.down.add("node1")
@@ -105,7 +110,7 @@ def test_link_cut_owner_fences_itself_and_backup_takes_over(
     up = probe.answering_only(WEB, "node2")
     print(f"service gone from node1 {gone.at - t0:.2f}s, up on node2 {up.at - t0:.2f}s after")
     cluster.wait_event(mark, "failover-started", hierarchy="die3", server="node2")
-    log = cluster.agent_log("node1")
+    log = cluster.agent_log("node1")[agent_log:]
     assert "fencing node1" in log, log[-2000:]
     restores = [e for e in cluster.events(mark) if e["kind"] == "restore-started"]
     assert all(e["at"] > cut_at for e in restores)
