@@ -85,8 +85,14 @@ class BenchLab:
         return [*argv, "--bind", "0.0.0.0", "--port", str(PORT), "--name", server]
 
     def service_script(self, server: str) -> Path:
-        """``SCRIPT start|stop|status`` for ``server`` (LSB exit codes for status)."""
+        """``SCRIPT start|stop|status|follow`` for ``server`` (LSB exit codes for status).
+
+        ``follow`` (for keepalived's notify scripts, which keepalived forks without
+        waiting, so a MASTER then BACKUP pair may run out of order) takes a lock, then
+        starts the service if the virtual address is on ``eth0`` now and stops it if not:
+        whatever the order, the last one leaves the service where the address is."""
         path = self.server_dir(server) / "service.sh"
+        lock = self.server_dir(server) / "service.lock"
         start = shlex.join(self.service_argv(server, "start"))
         stop = shlex.join(self.service_argv(server, "stop"))
         status = shlex.join(self.service_argv(server, "status"))
@@ -98,6 +104,9 @@ class BenchLab:
             f"  stop) exec {stop} ;;\n"
             f"  status|monitor) {status} >/dev/null 2>&1; rc=$?\n"
             "    case $rc in 0) exit 0 ;; 7) exit 3 ;; *) exit 1 ;; esac ;;\n"
+            f"  follow) exec flock --close {lock} sh -c "
+            f'\'if ip -4 -o addr show dev eth0 | grep -q " {self.vip}/"; '
+            f"then {start}; else {stop}; fi' ;;\n"
             "  *) exit 0 ;;\n"
             "esac\n"
         )

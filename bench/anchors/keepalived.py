@@ -9,11 +9,14 @@ BACKUP with ``nopreempt`` (priorities 101 and 100 only break the first election)
 server coming back never takes the address back by itself: each run fails whichever server
 is active, as for vigil.
 
-The service moves with the address: ``notify_master`` starts the sample service,
-``notify_backup``/``notify_fault``/``notify_stop`` stop it. So on every tool the service
-runs only where the address is, and "the service is up on two servers" means the same
-thing for all (with the service left running everywhere, keepalived would only move an
-address; see ``SERVICE_EVERYWHERE`` for that variant).
+The service moves with the address: every notify script (master, backup, fault, stop)
+runs ``service.sh follow``, which under a lock starts the sample service if the address is
+on eth0 and stops it if not (keepalived forks notify scripts without waiting for them: a
+MASTER-then-BACKUP flap at ``advert_int 0.01`` once left the service running on the backup
+when separate start/stop scripts finished out of order). So on every tool the service runs
+only where the address is, and "the service is up on two servers" means the same thing for
+all (with the service left running everywhere, keepalived would only move an address; see
+``SERVICE_EVERYWHERE`` for that variant).
 
 The faults: SIGKILL of every keepalived process of the active server (parent and VRRP
 child at once: nothing can run ``notify_stop`` or remove the address), and its link cut.
@@ -84,11 +87,9 @@ class Keepalived:
         script = self.bench.service_script(server)
         notify = ""
         if self.service != SERVICE_EVERYWHERE:
-            notify = (
-                f'    notify_master "{script} start"\n'
-                f'    notify_backup "{script} stop"\n'
-                f'    notify_fault "{script} stop"\n'
-                f'    notify_stop "{script} stop"\n'
+            notify = "".join(
+                f'    notify_{state} "{script} follow"\n'
+                for state in ("master", "backup", "fault", "stop")
             )
         text = (
             "global_defs {\n"
