@@ -170,6 +170,6 @@ def test_confirm_refused_on_a_later_server_of_a_cascade_is_an_event(
     cluster.ok("POST", "/v1/hierarchies/pol4/confirm-failover", {"proceed": False})
     refused = "pol4 stays out of service: failover to node3 refused by an operator"
     wait_until(lambda: refused in cluster.agent_log("node3"), 10, "node3 logs the refusal")
-    event = cluster.wait_event(mark, "failover-blocked", hierarchy="pol4", timeout=10)
+    event = cluster.wait_event(mark, "failover-blocked", hierarchy="pol4", timeout=5)
     assert "refused by an operator" in event["message"], event
     probe.steady(WEB, None, 1.0)
