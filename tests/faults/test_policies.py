@@ -148,13 +148,6 @@ def test_n_plus_one_standby_serves_one_primary_at_a_time(
     assert probe.where(WEB) == {"node3"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a blocked failover is announced in the event log only by the first alive "
-    "server (by name) the hierarchy is extended to (Cycle._announces), but only the target "
-    "decides BLOCKED for a refused confirmation: when the target is not that server (node3 "
-    "here, node2 alive) the refusal is never recorded as an event, only in node3's log",
-)
 def test_confirm_refused_on_a_later_server_of_a_cascade_is_an_event(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:

@@ -115,6 +115,8 @@ class Cycle:
     def _announces(self, cluster: Cluster, step: Step) -> bool:
         """One server records a blocked failover in the event log: the first alive server
         (by name) the hierarchy is extended to; the others only log it."""
+        if step.announcer:
+            return step.announcer == self.actor.server  # only that server decides it
         hierarchy = cluster.hierarchy(next(iter(step.tags)))
         alive = sorted(s for s in cluster.hierarchy_servers(hierarchy) if cluster.servers[s].alive)
         return bool(alive) and alive[0] == self.actor.server

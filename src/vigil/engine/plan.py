@@ -62,6 +62,8 @@ class Step:
     #: for TAKEOVER/CONFIRM: the server failed over from, and the servers already tried
     origin: str | None = None
     tried: tuple[str, ...] = ()
+    #: for BLOCKED: the server that records it in the event log (None: the first alive one)
+    announcer: str | None = None
 
 
 def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> list[Step]:
@@ -190,7 +192,7 @@ def _confirmed(cluster: Cluster, me: str, hierarchy: Hierarchy, step: Step, now:
         answer = "confirmed by an operator" if proceed else "refused by an operator"
     if not proceed:
         why = f"{hierarchy.name} stays out of service: failover to {me} {answer}"
-        return replace(step, kind=StepKind.BLOCKED, reason=why)
+        return replace(step, kind=StepKind.BLOCKED, reason=why, announcer=me)
     return replace(step, reason=f"{step.reason} ({answer})")
 
 
