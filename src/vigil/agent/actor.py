@@ -49,6 +49,9 @@ class Actor:
         #: resources that failed here and may not fail over: OSF, no longer checked, still
         #: removed when the hierarchy leaves, restored by the next request to bring it here
         self.broken: set[str] = set()
+        #: set while fencing without a lease: reports and events are skipped (the store is
+        #: likely unreachable, and waiting on it would delay taking resources down)
+        self.fencing = False
         self.started_at = time.time()
 
     def local_view(self) -> LocalView:
@@ -260,6 +263,8 @@ class Actor:
     async def report(
         self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0
     ) -> None:
+        if self.fencing:
+            return
         record = StateRecord(
             state=state, reason=reason, since=time.time(), intent_revision=intent_revision
         )
@@ -269,6 +274,8 @@ class Actor:
             log.warning("could not report %s %s: %s", tag, state, exc)
 
     async def event(self, kind: str, message: str, hierarchy: str | None = None) -> None:
+        if self.fencing:
+            return
         try:
             await self.store.txn(
                 (), (event_operation(self.server, kind, message, hierarchy=hierarchy),)

@@ -102,9 +102,10 @@ class Agent:
         paths = PathMonitor(self.store, self.server, self.config.api.port)
         ensure_guard(self.config.state_dir)
         await self._join()
+        # renewals start before the probe: a slow probe must not cost the lease
+        tasks = [asyncio.create_task(self.lease.run(), name="lease")]
         await self._probe()
-        tasks = [
-            asyncio.create_task(self.lease.run(), name="lease"),
+        tasks += [
             asyncio.create_task(self.cycle.watch(), name="watch"),
             asyncio.create_task(self.cycle.loop(), name="loop"),
             asyncio.create_task(paths.run(lambda: self.cluster), name="paths"),
@@ -236,7 +237,12 @@ class Agent:
         assert self.cycle and self.lease
         log.error("fencing %s: %s; taking every hierarchy out of service", self.server, reason)
         await self.cycle.cancel_steps()
-        await self._remove_everything(f"lease lost: {reason}")
+        assert self.actor
+        self.actor.fencing = True
+        try:
+            await self._remove_everything(f"lease lost: {reason}")
+        finally:
+            self.actor.fencing = False
         await self.lease.revoke(self.lease.lost_lease)  # its owner keys must go before we reclaim
         while not self._stopping.is_set():
             try:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from vigil.agent.fencing import FencePlan, kill_cgroup
+from vigil.agent.fencing import FencePlan, kill_cgroup, signal_cgroup
 
 POLL = 0.02
 
@@ -30,10 +30,10 @@ def say(message: str) -> None:
 def fence(plan: FencePlan) -> list[str]:
     """Undo everything in the plan; returns what was done. Tries every action."""
     done = []
+    # signal every cgroup at once and take the addresses away before waiting for anything:
+    # an address must not outlive the deadline because a process is slow to die
     for cgroup in plan.cgroups:
-        pids = kill_cgroup(Path(cgroup))
-        if pids:
-            done.append(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
+        signal_cgroup(Path(cgroup))
     for address, prefix, interface in plan.addresses:
         result = subprocess.run(
             ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
@@ -42,6 +42,10 @@ def fence(plan: FencePlan) -> list[str]:
         )
         if result.returncode == 0:
             done.append(f"deleted address {address}/{prefix} from {interface}")
+    for cgroup in plan.cgroups:
+        pids = kill_cgroup(Path(cgroup))
+        if pids:
+            done.append(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
     for mount in plan.mounts:
         result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         if result.returncode == 0:

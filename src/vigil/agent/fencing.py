@@ -90,6 +90,17 @@ class Cgroups:
         return pids
 
 
+def signal_cgroup(path: Path) -> None:
+    """SIGKILL every process of a cgroup now, without waiting for them to go."""
+    try:
+        (path / "cgroup.kill").write_text("1")
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (int(p) for p in (path / "cgroup.procs").read_text().split()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:
     """SIGKILL every process of a cgroup (``cgroup.kill`` where the kernel has it), wait
     until it is empty, and remove it. Returns the pids that were there."""
