@@ -36,7 +36,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -287,9 +287,33 @@ class Kit(abc.ABC):
     async def recover(self, ctx: KitContext) -> bool:
         """Local recovery after a failed check; True when the resource runs again.
 
-        Default: restore, then check."""
-        await self.restore(ctx)
-        return (await self.quick_check(ctx)).status is CheckStatus.RUNNING
+        Default: restore, then check (``recover_by``)."""
+        return await self.recover_by(ctx, self.restore)
+
+    async def recover_by(
+        self, ctx: KitContext, *steps: Callable[[KitContext], Awaitable[None]]
+    ) -> bool:
+        """Run ``steps`` in order, then the quick check: True when the resource runs again.
+        A failing step or check is logged and gives False (the agent then fails over); only
+        a FATAL error is raised (misconfigured: an operator must act)."""
+        try:
+            for step in steps:
+                await step(ctx)
+        except KitError as err:
+            if err.severity is Severity.FATAL:
+                raise
+            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, err)
+            return False
+        check = await self.quick_check(ctx)
+        if check.status is not CheckStatus.RUNNING:
+            ctx.log.warning(
+                "%s: local recovery failed: quick check says %s after recovery: %s",
+                ctx.tag,
+                check.status,
+                check.detail,
+            )
+            return False
+        return True
 
     # --- description ----------------------------------------------------------------------
 

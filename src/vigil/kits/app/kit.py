@@ -46,7 +46,6 @@ from vigil.kits.app.validation import config_problems
 from vigil.kits.base import (
     Action,
     Check,
-    CheckStatus,
     ExtendCheck,
     Kit,
     KitContext,
@@ -158,27 +157,14 @@ class AppKit(Kit):
         check; True when the application runs again. A failing step returns False; only
         a FATAL error (exit code 6) is raised."""
         p = _props(ctx)
-        try:
-            if p.recover is not None:
-                await self._run_or_raise(ctx, Action.RECOVER, p.recover, p.recover_timeout)
-            else:
-                await self.remove(ctx)
-                await self.restore(ctx)
-        except KitError as err:
-            if err.severity is Severity.FATAL:
-                raise
-            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, err)
-            return False
-        check = await self.quick_check(ctx)
-        if check.status is not CheckStatus.RUNNING:
-            ctx.log.warning(
-                "%s: local recovery failed: quick check says %s after recovery: %s",
-                ctx.tag,
-                check.status,
-                check.detail,
-            )
-            return False
-        return True
+        if p.recover is None:
+            return await self.recover_by(ctx, self.remove, self.restore)
+        command, seconds = p.recover, p.recover_timeout
+
+        async def run_recover(ctx: KitContext) -> None:
+            await self._run_or_raise(ctx, Action.RECOVER, command, seconds)
+
+        return await self.recover_by(ctx, run_recover)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -166,18 +166,7 @@ class DnsKit(Kit):
     async def recover(self, ctx: KitContext) -> bool:
         """Restore again, then the quick check; True when the records point here. Only a
         FATAL error is raised."""
-        try:
-            await self.restore(ctx)
-        except KitError as err:
-            if err.severity is Severity.FATAL:
-                raise
-            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, err)
-            return False
-        check = await self.quick_check(ctx)
-        if check.status is not CheckStatus.RUNNING:
-            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, check.detail)
-            return False
-        return True
+        return await self.recover_by(ctx, self.restore)
 
 
 async def _problems(p: DnsProperties) -> list[str]:

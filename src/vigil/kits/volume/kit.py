@@ -252,19 +252,7 @@ class VolumeKit(Kit):
         """Unmount, mount again (fsck per policy: a volume remounted read-only after errors
         gets checked when ``fsck`` is auto), then the quick check. False when a step
         fails; a FATAL error is raised."""
-        try:
-            await self.remove(ctx)
-            await self.restore(ctx)
-        except KitError as err:
-            if err.severity is Severity.FATAL:
-                raise
-            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, err)
-            return False
-        check = await self.quick_check(ctx)
-        if check.status is not CheckStatus.RUNNING:
-            ctx.log.warning("%s: local recovery failed: %s", ctx.tag, check.detail)
-            return False
-        return True
+        return await self.recover_by(ctx, self.remove, self.restore)
 
 
 def _readable_usage(mount_point: str) -> mt.Usage:
