@@ -24,25 +24,24 @@ TOKEN_ROLES = (("admin", "administrator"), ("operator", "operator"), ("guest", "
 STATE_SCHEMA_VERSION = 1
 
 
-class ServerState(BaseModel):
+class HostState(BaseModel):
+    """A namespace host of the lab on its bridge: its name, address and namespaces."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     address: str
     netns: str
     mount_ns: str
     host_veth: str
+
+
+class ServerState(HostState):
     agent_pid: int | None = None
 
 
-class StoreMemberState(BaseModel):
+class StoreMemberState(HostState):
     """One etcd member of a lab on etcd (``vigil.lab.etcd``)."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    address: str
-    netns: str
-    mount_ns: str
-    host_veth: str
     pid: int | None = None
 
 
