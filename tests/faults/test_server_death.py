@@ -34,10 +34,17 @@ def assert_fenced_before_takeover(
     """The fence guard of ``server`` killed the service there (its log from offset
     ``guard_log`` on says so), after ``killed_at``, and before any other server began
     restoring it."""
+    marker = cluster.root / server / "state" / "fenced.json"
+
+    def fenced_since_kill() -> dict[str, float] | None:
+        if not marker.exists():
+            return None
+        fenced: dict[str, float] = json.loads(marker.read_text())
+        return fenced if fenced["at"] >= killed_at - 1 else None
+
+    fenced = wait_until(fenced_since_kill, 10, f"the fence guard of {server} to fence")
     log = cluster.guard_log(server)[guard_log:]
     assert "fencing" in log and "killed 1 process(es) of " in log, log[-1500:]
-    fenced = json.loads((cluster.root / server / "state" / "fenced.json").read_text())
-    assert fenced["at"] >= killed_at - 1, fenced
     restores = [
         e for e in cluster.events() if e["kind"] == "restore-started" and e["at"] > killed_at
     ]

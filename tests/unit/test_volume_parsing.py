@@ -146,7 +146,7 @@ def test_find_holders_names_pid_command_and_file(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the holder was not found"
             time.sleep(0.05)
         mine = found[holder.pid]
-        assert "python3 -c import time" in mine.command
+        assert f"{sys.executable} -c import time" in mine.command
         assert "working directory" in mine.uses
         assert str(held) in mine.describe()
         assert mine.describe().startswith(f"pid {holder.pid} (")

@@ -35,7 +35,7 @@ from vigil.agent.probe import probe
 from vigil.engine import failover
 from vigil.engine.order import remove_waves
 from vigil.engine.plan import Step, StepKind
-from vigil.errors import StoreError, VigilError
+from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.kits.registry import KitRegistry, load_kits
 from vigil.model.cluster import Cluster
 from vigil.model.policies import ShutdownStrategy, StopMode
@@ -48,6 +48,8 @@ log = logging.getLogger("vigil.agent")
 
 #: general store requests may take this long; lease renewals have their own, shorter bound
 STORE_TIMEOUT = 2.0
+#: how often an agent that cannot reach its store at start tries again
+STORE_RETRY = 0.5
 
 
 class Agent:
@@ -81,11 +83,9 @@ class Agent:
         for error in self.kits.errors:
             log.error("%s", error)
         settings = self.config.lease
-        self.store = await open_store(self.config.store, request_timeout=STORE_TIMEOUT)
+        self.store = await self._open_store(STORE_TIMEOUT)
         # a connection of its own, so a slow request never delays a renewal
-        self.lease_store = await open_store(
-            self.config.store, request_timeout=settings.request_timeout
-        )
+        self.lease_store = await self._open_store(settings.request_timeout)
         self.lease = LeaseKeeper(self.lease_store, settings, self._lease_lost, self._write_plan)
         await self.lease.check_timing()  # ConfigError when the lease timing is unsafe
         runner = KitRunner(
@@ -125,6 +125,27 @@ class Agent:
             if api is not None:
                 api.cancel()
                 await asyncio.gather(api, return_exceptions=True)
+
+    async def _open_store(self, request_timeout: float) -> Store:
+        """A store connection, waiting as long as the store is unreachable or busy: an agent
+        started at boot may come up before its store, and several agents opening one
+        embedded store at once wait for each other's lock. Settings it can never use
+        (``ConfigError``) and an agent asked to stop end the wait."""
+        waiting_since = None
+        while True:
+            try:
+                store = await open_store(self.config.store, request_timeout=request_timeout)
+            except StoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                if waiting_since is None:
+                    log.warning("waiting for the store: %s", exc)
+                    waiting_since = time.monotonic()
+                await asyncio.sleep(STORE_RETRY)
+                continue
+            if waiting_since is not None:
+                log.info("the store answers after %.1fs", time.monotonic() - waiting_since)
+            return store
 
     def stop(self, mode: StopMode | None = None) -> None:
         """Ask for an orderly stop (signal-handler safe). ``mode`` None: the server's shutdown

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from vigil.agent.fencing import FencePlan, kill_cgroup, signal_cgroup
+from vigil.agent.fencing import FencePlan, reap_cgroup, signal_cgroup
 
 POLL = 0.02
 
@@ -27,13 +27,16 @@ def say(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fence-guard: {message}", flush=True)
 
 
-def fence(plan: FencePlan) -> list[str]:
-    """Undo everything in the plan; returns what was done. Tries every action."""
-    done = []
+def fence(plan: FencePlan, directory: Path) -> None:
+    """Undo everything in the plan, logging each action as it is done; tries every one.
+    ``fenced.json`` records the moment nothing of the plan can serve any more: processes
+    signalled and addresses gone (waiting for the kernel to reap comes after)."""
     # signal every cgroup at once and take the addresses away before waiting for anything:
     # an address must not outlive the deadline because a process is slow to die
-    for cgroup in plan.cgroups:
-        signal_cgroup(Path(cgroup))
+    signalled = {cgroup: signal_cgroup(Path(cgroup)) for cgroup in plan.cgroups}
+    for cgroup, pids in signalled.items():
+        if pids:
+            say(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
     for address, prefix, interface in plan.addresses:
         result = subprocess.run(
             ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
@@ -41,16 +44,18 @@ def fence(plan: FencePlan) -> list[str]:
             check=False,
         )
         if result.returncode == 0:
-            done.append(f"deleted address {address}/{prefix} from {interface}")
+            say(f"deleted address {address}/{prefix} from {interface}")
+    with contextlib.suppress(OSError):  # atomically: tests and tools read it
+        marker = directory / "fenced.json.tmp"
+        marker.write_text(json.dumps({"deadline": plan.deadline, "at": time.time()}))
+        marker.replace(directory / "fenced.json")
     for cgroup in plan.cgroups:
-        pids = kill_cgroup(Path(cgroup))
-        if pids:
-            done.append(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
+        if not reap_cgroup(Path(cgroup)):
+            say(f"processes of {Path(cgroup).name} still there after SIGKILL: {cgroup}")
     for mount in plan.mounts:
         result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         if result.returncode == 0:
-            done.append(f"unmounted {mount}")
-    return done
+            say(f"unmounted {mount}")
 
 
 def run(directory: Path) -> int:
@@ -73,13 +78,8 @@ def run(directory: Path) -> int:
                     f"no lease renewal from agent {plan.agent_pid} by its deadline "
                     f"({late:.3f}s ago): fencing"
                 )
-                for line in fence(plan):
-                    say(line)
+                fence(plan, directory)
                 fenced_for = plan.deadline
-                with contextlib.suppress(OSError):
-                    (directory / "fenced.json").write_text(
-                        json.dumps({"deadline": plan.deadline, "at": time.time()})
-                    )
         time.sleep(POLL)
 
 

@@ -90,25 +90,18 @@ class Cgroups:
         return pids
 
 
-def signal_cgroup(path: Path) -> None:
-    """SIGKILL every process of a cgroup now, without waiting for them to go."""
+def cgroup_pids(path: Path) -> list[int]:
+    """The processes now in a cgroup (none when it does not exist)."""
     try:
-        (path / "cgroup.kill").write_text("1")
-    except OSError:
-        with contextlib.suppress(OSError, ValueError):
-            for pid in (int(p) for p in (path / "cgroup.procs").read_text().split()):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:
-    """SIGKILL every process of a cgroup (``cgroup.kill`` where the kernel has it), wait
-    until it is empty, and remove it. Returns the pids that were there."""
-    procs = path / "cgroup.procs"
-    try:
-        pids = [int(p) for p in procs.read_text().split()]
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def signal_cgroup(path: Path) -> list[int]:
+    """SIGKILL every process of a cgroup now, without waiting for them to go; the pids
+    that were there (read first: a killed process leaves ``cgroup.procs`` at once)."""
+    pids = cgroup_pids(path)
     if pids:
         try:
             (path / "cgroup.kill").write_text("1")
@@ -116,14 +109,26 @@ def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:
             for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if not procs.read_text().split():
-                    break
-            time.sleep(0.02)
+    return pids
+
+
+def reap_cgroup(path: Path, wait: float = 2.0) -> bool:
+    """Wait until a signalled cgroup is empty, then remove it; False if it is still not
+    empty after ``wait`` seconds (a process stuck in the kernel)."""
+    deadline = time.monotonic() + wait
+    while cgroup_pids(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    empty = not cgroup_pids(path)
     with contextlib.suppress(OSError):
         path.rmdir()
+    return empty
+
+
+def kill_cgroup(path: Path, wait: float = 2.0) -> list[int]:
+    """SIGKILL every process of a cgroup (``cgroup.kill`` where the kernel has it), wait
+    until it is empty, and remove it. Returns the pids that were there."""
+    pids = signal_cgroup(path)
+    reap_cgroup(path, wait)
     return pids
 
 
