@@ -356,7 +356,7 @@ def table(results: list[Result], runs: int, check_interval: float) -> str:
     lines = [
         f"vigil failover from a client's point of view: fault -> first good answer from the "
         f"new server ({runs} runs each; client polls every 10 ms; quick check every "
-        f"{check_interval:g} s; default lease: ttl 1.5 s, etcd whole seconds)",
+        f"{check_interval:g} s; default lease: ttl 1.5 s, timed by the observers' clocks)",
         "",
     ]
     for i, row in enumerate(rows):

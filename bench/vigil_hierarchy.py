@@ -111,7 +111,7 @@ class Vigil:
             return (
                 "the cut server loses etcd: its agent (and fence guard) take the service and "
                 "the address down at ttl - safety margin; the other server takes over when "
-                "etcd expires the lease (etcd grants whole seconds: at least ceil(ttl)); the "
+                "its heartbeat has not advanced for ttl by the other's clock; the "
                 "ip kit's carrier check on the cut server may act first"
             )
         if scenario == "sigkill":

@@ -51,6 +51,17 @@ def assert_fenced_before_takeover(
     assert restores and all(e["at"] > fenced["at"] for e in restores), (fenced, restores)
 
 
+def assert_lease_ended_by_observer(cluster: Cluster, mark: str, server: str, tag: str) -> None:
+    """Another agent timed ``server``'s heartbeat on its own clock and ended its lease,
+    releasing ``tag``, before the store's own (longer, backstop) expiry."""
+    down = cluster.wait_event(mark, "server-down", text=f"{server} is down")
+    assert down["server"] != server, down
+    assert "heartbeat did not advance" in down["message"], down
+    assert f"no longer owns {tag}" in down["message"], down
+    takeover = cluster.wait_event(mark, "failover-started", hierarchy=tag)
+    assert down["at"] <= takeover["at"], (down, takeover)
+
+
 def test_agent_sigkill_fenced_and_backup_takes_over(
     cluster: Cluster, probe: DualActiveProbe
 ) -> None:
@@ -64,6 +75,7 @@ def test_agent_sigkill_fenced_and_backup_takes_over(
     event = cluster.wait_event(mark, "failover-started", hierarchy="die1", server="node2")
     assert "node1 is down" in event["message"]
     assert_fenced_before_takeover(cluster, "node1", killed_at, guard_log)
+    assert_lease_ended_by_observer(cluster, mark, "node1", "die1")
     seen = cluster.wait_states("die1", {"node1": "UNKNOWN", "node2": "ISP", "node3": "OSU"})
     assert "not running" in seen["node1"]["reason"]
     assert cluster.server_view("node1")["state"] == "DEAD"
@@ -85,6 +97,7 @@ def test_agent_sigstop_fenced_then_rejoins_without_resources(
     probe.answering_only(WEB, "node2")
     cluster.wait_event(mark, "failover-started", hierarchy="die2", server="node2")
     assert_fenced_before_takeover(cluster, "node1", stopped_at, guard_log)
+    assert_lease_ended_by_observer(cluster, mark, "node1", "die2")
     assert cluster.states("die2")["node1"] == "UNKNOWN"
     # the frozen agent wakes up: it finds its lease lost and rejoins, holding nothing
     cluster.thaw_agent("node1")
@@ -117,6 +130,7 @@ def test_link_cut_owner_fences_itself_and_backup_takes_over(
     up = probe.answering_only(WEB, "node2")
     print(f"service gone from node1 {gone.at - t0:.2f}s, up on node2 {up.at - t0:.2f}s after")
     cluster.wait_event(mark, "failover-started", hierarchy="die3", server="node2")
+    assert_lease_ended_by_observer(cluster, mark, "node1", "die3")
     log = cluster.agent_log("node1")[agent_log:]
     assert "fencing node1" in log, log[-2000:]
     restores = [e for e in cluster.events(mark) if e["kind"] == "restore-started"]

@@ -24,8 +24,8 @@ time to take its hierarchies out of service before anyone else may take them ove
 ``renew_interval + 2 * request_timeout + safety_margin <= ttl``. The holder counts from
 when it sent its last successful renewal; at ``ttl - safety_margin`` after it, the agent and
 its fence guard stop everything (the margin covers the guard's polling and its kills).
-With these defaults a dead server is detected about 1.5 s after its last renewal (etcd
-grants whole seconds: 2 s there).
+With these defaults a dead server is acted on about 1.5 s after its last renewal, on any
+store: other agents time its heartbeat with their own clocks (``vigil.agent.liveness``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each cycle reads one consistent view of the cluster, asks the engine what this s
 do (``engine.plan.decide``), logs each decision once, and starts one task per hierarchy
 that needs action (a hierarchy already being acted on is left alone until its step ends).
 Cycles run on every store change that can change a decision, and at least once a second.
+Other servers' heartbeats are timed here too (``vigil.agent.liveness``): a cycle runs when
+one falls silent, and ends that server's lease before deciding.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ import time
 from collections.abc import Callable
 
 from vigil.agent.actor import Actor
+from vigil.agent.liveness import HeartbeatTracker, end_lease
 from vigil.agent.monitor import Monitor
 from vigil.agent.storeio import read_cluster
 from vigil.engine.plan import Step, StepKind, decide
 from vigil.errors import Compacted, StoreError, VigilError
 from vigil.model.cluster import Cluster, Resource
-from vigil.model.records import PREFIX, key
-from vigil.store.base import Store
+from vigil.model.records import PREFIX, AliveRecord, key
+from vigil.store.base import EventType, Store, WatchEvent
 
 log = logging.getLogger("vigil.agent")
 
 #: keys whose changes do not change any decision (reports, not inputs)
 _REPORT_PREFIXES = (key("state", ""), key("paths", ""), key("events", ""))
+_ALIVE = key("alive", "")
+#: a cycle runs at least this often without changes (confirmation timeouts, switchback)
+IDLE_CYCLE = 1.0
 
 
 class Cycle:
@@ -36,6 +42,7 @@ class Cycle:
         self.actor = actor
         self.trusted = trusted  # whether this server's lease can be trusted now
         self.cluster = Cluster()
+        self.heartbeats = HeartbeatTracker(actor.server)
         self.monitor = Monitor(actor, lambda: self.cluster, self.is_busy)
         self.wake = asyncio.Event()
         self.paused = False  # maintenance: no decisions, no monitoring
@@ -56,7 +63,20 @@ class Cycle:
 
     async def refresh(self) -> Cluster:
         self.cluster = await read_cluster(self.store)
+        self.heartbeats.sync(self.cluster)
         return self.cluster
+
+    def _heard(self, event: WatchEvent) -> bool:
+        """Time a heartbeat; True when it changes who is alive (a join or a departure)."""
+        server = event.key[len(_ALIVE) :]
+        if event.type is EventType.DELETE:
+            self.heartbeats.gone(server)
+            return True
+        try:
+            ttl = AliveRecord.model_validate_json(event.value).ttl
+        except ValueError:
+            return True
+        return self.heartbeats.saw(server, event.mod_revision, ttl)
 
     async def watch(self) -> None:
         """Wake the loop on every change that can change a decision."""
@@ -68,7 +88,10 @@ class Cycle:
                     self.wake.set()
                 async for event in self.store.watch(PREFIX, revision):
                     revision = event.mod_revision + 1
-                    if not event.key.startswith(_REPORT_PREFIXES):
+                    if event.key.startswith(_ALIVE):
+                        if self._heard(event):
+                            self.wake.set()
+                    elif not event.key.startswith(_REPORT_PREFIXES):
                         self.wake.set()
             except Compacted:
                 revision = 0
@@ -78,9 +101,10 @@ class Cycle:
 
     async def loop(self) -> None:
         while True:
-            # also every second without changes: confirmation timeouts, switchback
+            due = self.heartbeats.next_due() if self.trusted() and not self.paused else None
+            wait = IDLE_CYCLE if due is None else min(IDLE_CYCLE, due + 0.001)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 1.0)
+                await asyncio.wait_for(self.wake.wait(), wait)
             self.wake.clear()
             try:
                 await self.run_once()
@@ -94,6 +118,8 @@ class Cycle:
         await self._forget_unextended(cluster)
         if self.paused or not self.trusted():
             return
+        if await self._end_silent_leases(cluster):
+            cluster = await self.refresh()
         waiting: dict[str, str] = {}
         for step in decide(cluster, self.actor.server, self.actor.local_view(), time.time()):
             if step.kind in (StepKind.WAIT, StepKind.BLOCKED):
@@ -111,6 +137,23 @@ class Cycle:
         self._waiting = waiting
         await self.actor.report_standby(cluster)
         self.monitor.sync()
+
+    async def _end_silent_leases(self, cluster: Cluster) -> bool:
+        """End the lease of every server whose heartbeat is silent; True if any changed."""
+        silent = sorted(self.heartbeats.silent().items())
+        for server, (revision, silent_for) in silent:
+            me = self.actor.server
+            if await end_lease(self.store, cluster, server, revision, silent_for, me):
+                continue
+            # it renewed meanwhile (this watch is behind), or its ownership changed: time
+            # its heartbeat afresh from what the store says now
+            current = await self.store.get(key("alive", server))
+            if current is None:
+                self.heartbeats.gone(server)
+            else:
+                known = cluster.servers.get(server)
+                self.heartbeats.saw(server, current.mod_revision, known.ttl if known else 0.0)
+        return bool(silent)
 
     def _announces(self, cluster: Cluster, step: Step) -> bool:
         """One server records a blocked failover in the event log: the first alive server

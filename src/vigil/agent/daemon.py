@@ -86,7 +86,9 @@ class Agent:
         self.store = await self._open_store(STORE_TIMEOUT)
         # a connection of its own, so a slow request never delays a renewal
         self.lease_store = await self._open_store(settings.request_timeout)
-        self.lease = LeaseKeeper(self.lease_store, settings, self._lease_lost, self._write_plan)
+        self.lease = LeaseKeeper(
+            self.lease_store, settings, self.server, self._lease_lost, self._write_plan
+        )
         await self.lease.check_timing()  # ConfigError when the lease timing is unsafe
         runner = KitRunner(
             self.kits,
@@ -156,16 +158,14 @@ class Agent:
     async def _join(self) -> None:
         """Grant the lease and register this server (persistent) and its liveness (leased)."""
         assert self.store and self.lease
-        lease_id = await self.lease.grant()
         record = ServerRecord(
             name=self.server,
             api_url=self.config.api.url,
             addresses=self.config.addresses,
             registered_at=time.time(),
         )
-        alive = AliveRecord(started_at=self.started_at, pid=os.getpid())
         await self.store.put(key("servers", self.server), record.dump())
-        await self.store.put(key("alive", self.server), alive.dump(), lease=lease_id)
+        await self.lease.grant(AliveRecord(started_at=self.started_at, pid=os.getpid()))
 
     async def _probe(self) -> None:
         """Find what runs here already, then lift an earlier hold or maintenance."""

@@ -26,12 +26,13 @@ and on the store:
 2. ``granted < ttl``: the store could delete the lease, and another server take the
    hierarchies over, before this agent's own deadline ``last_sent + ttl - safety_margin``.
 
-**Warned** (safe, but not what the administrator asked for):
+A grant longer than ``ttl`` (etcd grants whole seconds, and no less than its minimum) is
+fine: other agents judge a server dead by their own clocks after ``ttl`` without a heartbeat
+(``vigil.agent.liveness``); the store's own expiry is only the backstop.
 
-3. ``granted > ttl``: the others notice this server's death only ``granted`` seconds after
-   its last renewal, not ``ttl``: failovers take longer than configured. Set ``ttl`` to
-   the granted value to say so in the configuration.
-4. A networked store, and ``ttl - safety_margin - renew_interval`` (how long the agent
+**Warned** (safe, but not what the administrator wants):
+
+3. A networked store, and ``ttl - safety_margin - renew_interval`` (how long the agent
    holds on without a successful renewal, counted from the last one it could have sent)
    shorter than a leader election of the store: no renewal succeeds until a new leader is
    elected, which takes up to two election timeouts, that is up to 4/3 x
@@ -61,8 +62,8 @@ def check_lease_timing(
 ) -> list[str]:
     """Apply the timing rule of this module to ``settings``, a store with ``capabilities``
     and the TTL it granted for a lease asked of ``settings.ttl`` (whole seconds rounded up
-    on a networked store). Returns the warnings (rules 3 and 4), one readable message
-    each; raises ``ConfigError`` naming the settings to change (rules 1 and 2). Pure."""
+    on a networked store). Returns the warnings (rule 3), one readable message each;
+    raises ``ConfigError`` naming the settings to change (rules 1 and 2). Pure."""
     ttl, renew, request, margin = (
         settings.ttl,
         settings.renew_interval,
@@ -87,19 +88,6 @@ def check_lease_timing(
             "settings to fit), or fix the store's lease settings."
         )
     warnings = []
-    if granted_ttl > ttl + _EPSILON:
-        if capabilities.min_lease_ttl > ttl:
-            why = f"its shortest lease is {_seconds(capabilities.min_lease_ttl)}"
-        elif capabilities.networked:
-            why = "it grants whole seconds"
-        else:
-            why = "it raised the TTL"
-        warnings.append(
-            f"the store grants leases of {_seconds(granted_ttl)}, not the configured "
-            f"[lease] ttl = {_seconds(ttl)} ({why}): other servers notice this server's "
-            f"death only {_seconds(granted_ttl)} after its last renewal, so failovers take "
-            f"longer than configured (safe). Set ttl = {granted_ttl:g} to make it explicit."
-        )
     if capabilities.networked:
         election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
         holds = ttl - margin - renew

@@ -325,12 +325,11 @@ def run() -> None:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise SystemExit(1) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+    except typer.exceptions.TyperException as exc:  # usage errors (Typer's own Click)
+        show = getattr(exc, "show", None)
+        if not callable(show):
+            raise
+        show()
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
     if isinstance(code, int) and code:
         raise SystemExit(code)

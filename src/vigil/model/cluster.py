@@ -35,6 +35,8 @@ class Server:
     addresses: tuple[str, ...] = ()
     alive: bool = False  # its agent's lease is held now
     maintenance: bool = False  # stopped with --leave-resources
+    heartbeat: int = 0  # revision of its alive key: advances with every lease renewal
+    ttl: float = 0.0  # the lease TTL its agent counts on (others time its heartbeat by it)
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,14 @@ class ServerRecord(Record):
 
 
 class AliveRecord(Record):
+    """Rewritten with every lease renewal (``beat`` counts them): its revision is the
+    heartbeat other agents time with their own clocks against ``ttl``."""
+
     started_at: float
     pid: int
     maintenance: bool = False
+    ttl: float = 0.0
+    beat: int = 0
 
 
 class CommPathRecord(Record):
@@ -183,6 +188,7 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
     writer may have added keys this version does not know)."""
     servers: dict[str, ServerRecord] = {}
     alive: dict[str, AliveRecord] = {}
+    heartbeats: dict[str, int] = {}
     paths: list[CommPath] = []
     path_obs: list[PathObservation] = []
     resources: dict[str, Resource] = {}
@@ -205,6 +211,7 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
                 servers[rest] = _load(ServerRecord, value)
             elif kind == "alive":
                 alive[rest] = _load(AliveRecord, value)
+                heartbeats[rest] = mod_rev
             elif kind == "commpaths":
                 r = _load(CommPathRecord, value)
                 paths.append(
@@ -255,6 +262,8 @@ def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]
             addresses=tuple(record.addresses),
             alive=name in alive,
             maintenance=alive[name].maintenance if name in alive else False,
+            heartbeat=heartbeats.get(name, 0),
+            ttl=alive[name].ttl if name in alive else 0.0,
         )
         for name, record in servers.items()
     }
