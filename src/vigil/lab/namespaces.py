@@ -28,6 +28,7 @@ import subprocess
 from pathlib import Path
 
 from vigil.errors import LabError
+from vigil.kits.volume.mounts import parse_mountinfo
 
 MS_BIND = 4096
 MS_REC = 16384
@@ -137,26 +138,13 @@ def ns_key_of_kind(path: Path, kind: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if nstype == _NS_TYPES[kind] else None
 
 
-def _unescape(field: str) -> str:
-    """Undo the octal escapes of /proc/self/mountinfo (``\\040`` for a space...)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mountpoints_under(directory: Path) -> list[Path]:
     """Mount points at or below ``directory`` in our mount namespace, deepest first."""
     found = []
     prefix = str(directory).rstrip("/") + "/"
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            point = _unescape(line.split()[4])
+        for entry in parse_mountinfo(handle.read()):
+            point = entry.mount_point
             if point == str(directory) or point.startswith(prefix):
                 found.append(Path(point))
     # mounted over itself twice → listed twice; deepest (and latest) first
