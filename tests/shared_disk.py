@@ -18,17 +18,14 @@ Needs root, ``losetup``, ``mkfs.ext4`` (e2fsprogs) and ``blkid``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import ctypes
-import ctypes.util
-import os
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from tests.thread_loop import ThreadLoop, libc, libc_check
 from vigil.lab import disk
 
 CLONE_NEWNS = 0x00020000
@@ -93,17 +90,7 @@ class SharedDisk:
             raise AssertionError(f"loop devices still attached to {self.image}: {left}")
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-class MountNamespaceLoop:
+class MountNamespaceLoop(ThreadLoop):
     """An event loop on a thread inside a new private mount namespace.
 
     ``run`` executes a coroutine function there (the conformance suite's ``Runner``);
@@ -113,43 +100,14 @@ class MountNamespaceLoop:
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self.tid = 0
-        self._entered: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, name="private mount ns", daemon=True)
-        self._thread.start()
-        self._entered.result(timeout=10)
+        super().__init__("private mount ns")
 
-    def _main(self) -> None:
-        try:
-            libc = _libc()
-            _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-            self.tid = threading.get_native_id()
-        except BaseException as exc:
-            self._entered.set_exception(exc)
-            return
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._entered.set_result, None)
-        try:
-            self.loop.run_forever()
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        finally:
-            self.loop.close()
-
-    async def run(self, action: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``action()`` on the namespace's loop and return its result."""
-
-        async def call() -> Any:
-            return await action()
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self.loop))
+    def _enter(self) -> None:
+        c = libc()
+        libc_check(c.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        libc_check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        self.tid = threading.get_native_id()
 
     def run_sync(self, action: Callable[[], Awaitable[T]], timeout: float = 120) -> T:
         """``run`` for code without a running loop of its own (fixtures, probes)."""
@@ -178,11 +136,6 @@ class MountNamespaceLoop:
     def sh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace (``sh`` from its thread)."""
         return self.call(lambda: sh(*argv, check=check), timeout=130)
-
-    def close(self) -> None:
-        if self._thread.is_alive() and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=30)
 
 
 def host_mounts(mount_point: str) -> bool:

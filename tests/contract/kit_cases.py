@@ -28,17 +28,12 @@ the default, which runs the action on the test's own loop.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import ctypes
-import ctypes.util
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.thread_loop import ThreadLoop, libc, libc_check
 
 from vigil.kits.process import pid_alive
 
@@ -175,61 +171,20 @@ def app_case(workdir: Path) -> KitEnvironment:
 CLONE_NEWNET = 0x40000000
 
 
-class NamespaceLoop:
-    """An event loop in a thread that entered the network namespace at ``netns_path``.
-
-    Network namespaces are per thread: netlink and packet sockets opened on this loop,
-    and processes started from it, live in that namespace, while the rest of the test
-    process stays where it was. ``run`` is a ``Runner``; ``close`` cancels what is left
-    on the loop (background tasks of a kit), stops it and joins the thread.
-    """
+class NamespaceLoop(ThreadLoop):
+    """An event loop in a thread that entered the network namespace at ``netns_path``:
+    netlink and packet sockets opened on it, and processes started from it, live there."""
 
     def __init__(self, netns_path: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._entered: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._main, args=(netns_path,), name=f"netns {netns_path}", daemon=True
-        )
-        self._thread.start()
-        self._entered.result(timeout=10)
+        self.netns_path = netns_path
+        super().__init__(f"netns {netns_path}")
 
-    def _main(self, netns_path: str) -> None:
+    def _enter(self) -> None:
+        fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-        except BaseException as exc:
-            self._entered.set_exception(exc)
-            return
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._entered.set_result, None)
-        try:
-            self.loop.run_forever()
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            libc_check(libc().setns(fd, CLONE_NEWNET), f"setns({self.netns_path})")
         finally:
-            self.loop.close()
-
-    async def run(self, action: Callable[[], Awaitable[Any]]) -> Any:
-        async def call() -> Any:
-            return await action()
-
-        future = asyncio.run_coroutine_threadsafe(call(), self.loop)
-        return await asyncio.wrap_future(future)
-
-    def close(self) -> None:
-        if self._thread.is_alive() and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=30)
+            os.close(fd)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
