@@ -139,20 +139,12 @@ class Cycle:
         self.monitor.sync()
 
     async def _end_silent_leases(self, cluster: Cluster) -> bool:
-        """End the lease of every server whose heartbeat is silent; True if any changed."""
+        """End the lease of every server whose heartbeat is silent; True when there was
+        one. The caller reads the cluster again: a server that renewed meanwhile (this
+        watch being behind) is then timed afresh from the new read."""
         silent = sorted(self.heartbeats.silent().items())
         for server, (revision, silent_for) in silent:
-            me = self.actor.server
-            if await end_lease(self.store, cluster, server, revision, silent_for, me):
-                continue
-            # it renewed meanwhile (this watch is behind), or its ownership changed: time
-            # its heartbeat afresh from what the store says now
-            current = await self.store.get(key("alive", server))
-            if current is None:
-                self.heartbeats.gone(server)
-            else:
-                known = cluster.servers.get(server)
-                self.heartbeats.saw(server, current.mod_revision, known.ttl if known else 0.0)
+            await end_lease(self.store, cluster, server, revision, silent_for, self.actor.server)
         return bool(silent)
 
     def _announces(self, cluster: Cluster, step: Step) -> bool:

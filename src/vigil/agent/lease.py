@@ -155,21 +155,20 @@ class LeaseKeeper:
         ``LeaseLost`` when another agent has ended this lease (deleted the key)."""
         self._alive = self._alive.model_copy(update={"beat": self._alive.beat + 1})
         put = Put(self._alive_key, self._alive.dump(), self.lease_id)
-        result = await self.store.txn((Compare(self._alive_key, self._alive_revision),), (put,))
-        if result.succeeded:
-            self._alive_revision = result.revision
-            return
-        current = await self.store.get(self._alive_key)
-        if current is None or current.lease != self.lease_id:
-            raise LeaseLost(
-                "another server saw no heartbeat from this one in time and ended its lease"
-            )
-        # a beat whose answer was lost reached the store: go on from it
-        self._alive_revision = current.mod_revision
-        result = await self.store.txn((Compare(self._alive_key, current.mod_revision),), (put,))
-        if not result.succeeded:
-            raise StoreError("the heartbeat key changed twice while it was being renewed")
-        self._alive_revision = result.revision
+        for _ in range(2):
+            guard = Compare(self._alive_key, self._alive_revision)
+            result = await self.store.txn((guard,), (put,))
+            if result.succeeded:
+                self._alive_revision = result.revision
+                return
+            current = await self.store.get(self._alive_key)
+            if current is None or current.lease != self.lease_id:
+                raise LeaseLost(
+                    "another server saw no heartbeat from this one in time and ended its lease"
+                )
+            # a beat whose answer was lost reached the store: go on from it
+            self._alive_revision = current.mod_revision
+        raise StoreError("the heartbeat key changed twice while it was being renewed")
 
     async def revoke(self, lease_id: int | None = None) -> None:
         """Give the lease back (orderly stop, or the one just lost): its keys vanish at once."""
