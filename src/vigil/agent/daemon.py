@@ -101,6 +101,8 @@ class Agent:
             self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
         )
         self.cycle = Cycle(self.store, self.actor, lambda: bool(self.lease and self.lease.valid()))
+        runner.view = lambda: self.cluster  # what a kit may see of its neighbours
+        runner.notify = self.actor.event
         paths = PathMonitor(self.store, self.server, self.config.api.port)
         ensure_guard(self.config.state_dir)
         await self._join()

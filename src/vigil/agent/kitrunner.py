@@ -9,16 +9,26 @@ kit cannot take the agent down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vigil.agent.fencing import Cgroups
-from vigil.errors import KitError, KitTimeout, Severity, VigilError
-from vigil.kits.base import Action, Check, ExtendCheck, Kit, KitContext
+from vigil.errors import KitError, KitTimeout, Severity, ValidationError, VigilError
+from vigil.kits.base import (
+    Action,
+    Check,
+    ChildResource,
+    ExtendCheck,
+    Kit,
+    KitContext,
+    Related,
+)
 from vigil.kits.registry import KitRegistry
-from vigil.model.cluster import Resource
+from vigil.model.cluster import Cluster, Resource
 
 T = TypeVar("T")
 log = logging.getLogger("vigil.agent")
@@ -40,6 +50,11 @@ class KitRunner:
         self.state_dir = state_dir
         self.addresses = addresses
         self.cgroups = cgroups
+        #: the agent's current view of the cluster, for what a kit may see of its
+        #: neighbours (children, its instances on other servers); None: nothing
+        self.view: Callable[[], Cluster] | None = None
+        #: records an event (kind, message, hierarchy) in the cluster event log
+        self.notify: Callable[..., Awaitable[None]] | None = None
 
     def kit(self, name: str) -> Kit:
         return self.kits.get(name)
@@ -64,12 +79,48 @@ class KitRunner:
             cgroup=cgroup,
         )
 
-    def resource_context(self, resource: Resource, epoch: int = 0) -> tuple[Kit, KitContext]:
+    def resource_context(
+        self, resource: Resource, epoch: int = 0, cluster: Cluster | None = None
+    ) -> tuple[Kit, KitContext]:
+        """The context of ``resource`` on this server; what it may see of its neighbours
+        comes from ``cluster`` (default: the agent's current view)."""
         kit = self.kit(resource.kit)
         cgroup = self.cgroups.path(resource.tag) if self.cgroups else None
-        return kit, self.context(
-            resource.tag, kit, resource.properties_on(self.server), epoch, cgroup
+        ctx = self.context(resource.tag, kit, resource.properties_on(self.server), epoch, cgroup)
+        if cluster is None and self.view is not None:
+            cluster = self.view()
+        return kit, replace(ctx, **self._neighbours(resource, cluster))
+
+    def _neighbours(self, resource: Resource, cluster: Cluster | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "instances": {s: resource.properties_on(s) for s in resource.servers_by_priority}
+        }
+        if self.notify is not None:
+            hierarchy = None
+            if cluster is not None and resource.tag in cluster.resources:
+                hierarchy = cluster.hierarchy(resource.tag).name
+            extra["notify"] = functools.partial(self.notify, hierarchy=hierarchy)
+        if cluster is None:
+            return extra
+        children = []
+        for tag in cluster.children(resource.tag):
+            child = cluster.resources[tag]
+            secret = (
+                self.kit(child.kit).Properties.secret_fields() if child.kit in self.kits else set()
+            )
+            values = {k: v for k, v in child.properties_on(self.server).items() if k not in secret}
+            children.append(Related(tag, child.kit, values))
+        extra["children"] = tuple(children)
+        extra["others_here"] = tuple(
+            sorted(
+                tag
+                for tag, other in cluster.resources.items()
+                if other.kit == resource.kit
+                and tag != resource.tag
+                and self.server in other.instances
+            )
         )
+        return extra
 
     async def run(
         self,
@@ -133,13 +184,37 @@ class KitRunner:
             return [str(exc)]
         return await self.run(Action.VALIDATE_CREATE, kit, ctx, kit.validate_create)
 
-    async def can_extend(self, resource: Resource, properties: dict[str, Any]) -> ExtendCheck:
+    async def create(self, resource: Resource) -> tuple[list[ChildResource], dict[str, Any]]:
+        """The kit's ``create`` on this server: the children it asks for, and the
+        properties it records (``recorded_properties``)."""
         kit = self.kit(resource.kit)
+        ctx = self.context(resource.tag, kit, resource.properties_on(self.server))
         try:
-            ctx = self.context(resource.tag, kit, properties)
+            children = await self.run(Action.CREATE, kit, ctx, kit.create)
+            recorded = await self.run(Action.CREATE, kit, ctx, kit.recorded_properties)
+        except KitError as exc:
+            raise ValidationError(f"cannot create {resource.tag} on {self.server}: {exc}") from exc
+        return children, dict(recorded)
+
+    async def can_extend(self, resource: Resource, properties: dict[str, Any]) -> ExtendCheck:
+        """The kit's pre-extend checks on this server for ``resource`` (whose instances
+        include this server) with ``properties`` (its values here)."""
+        try:
+            kit, ctx = self.resource_context(resource)
+            ctx = replace(ctx, properties=kit.parse_properties(properties))
         except KitError as exc:
             return ExtendCheck(problems=[str(exc)])
         return await self.run(Action.CAN_EXTEND, kit, ctx, kit.can_extend)
+
+    async def fix_extend(self, resource: Resource) -> list[str]:
+        """The kit corrects on this server what its pre-extend checks found."""
+        kit, ctx = self.resource_context(resource)
+        try:
+            return await self.run(Action.EXTEND, kit, ctx, kit.fix_extend)
+        except KitError as exc:
+            raise ValidationError(
+                f"cannot extend {resource.tag} to {self.server}: the fixes failed: {exc}"
+            ) from exc
 
     async def delete(self, resource: Resource) -> None:
         kit, ctx = self.resource_context(resource)

@@ -22,7 +22,8 @@ from vigil.agent.kitrunner import KitRunner
 from vigil.agent.storeio import apply_change, event_operation, read_cluster
 from vigil.engine import changes
 from vigil.engine.changes import Change
-from vigil.errors import KitError, ValidationError
+from vigil.engine.children import ChildRequest, add_children
+from vigil.errors import Conflict, KitError, ValidationError
 from vigil.kits.base import Action, Kit
 from vigil.model.cluster import Cluster, Hierarchy, Resource
 from vigil.model.states import InstanceState
@@ -120,8 +121,56 @@ class Operations:
             )
         if problems:
             raise ValidationError(f"cannot create {tag} on {self.server}: {problems[0]}", problems)
+        change = await self._with_children(cluster, change, tag)
         revision = await self._commit(cluster, change, user)
         return await self.wait_in_service(tag, self.server, revision, timeout, change.summary)
+
+    async def _with_children(self, cluster: Cluster, change: Change, tag: str) -> Change:
+        """The kit's ``create`` on this server: the properties it recorded, and the child
+        resources it asked for (adopted or created, each new one checked by its kit)."""
+        resource = change.resources[tag]
+        requested, recorded = await self.runner.create(resource)
+        if recorded:
+            shared, mine = self.split_properties(self.runner.kit(resource.kit), recorded)
+            here = {**resource.server_properties.get(self.server, {}), **mine}
+            resource = replace(
+                resource,
+                properties={**resource.properties, **shared},
+                server_properties={**resource.server_properties, self.server: here},
+            )
+            change = replace(change, resources={**change.resources, tag: resource})
+        requests = []
+        for child in requested:
+            if child.kit not in self.runner.kits.names():
+                raise ValidationError(
+                    f"cannot create {tag}: its kit asks for a {child.kit} resource, and the "
+                    f"{child.kit} kit is not installed on {self.server}"
+                )
+            kit = self.runner.kit(child.kit)
+            shared, mine = self.split_properties(kit, child.properties)
+            requests.append(
+                ChildRequest(
+                    child.tag, child.kit, shared, mine, child.adopt,
+                    frozenset(kit.Properties.unique_fields()),
+                )
+            )  # fmt: skip
+        change, created = add_children(cluster, change, tag, self.server, requests)
+        problems = []
+        for child_tag in created:
+            made = change.resources[child_tag]
+            problems += [
+                f"{child_tag}: {p}" for p in self.check_properties(cluster, made, self.server)
+            ]
+            if not problems:
+                problems += [
+                    f"{child_tag}: {p}"
+                    for p in await self.runner.validate_create(
+                        child_tag, made.kit, made.properties_on(self.server)
+                    )
+                ]
+        if problems:
+            raise ValidationError(f"cannot create {tag} on {self.server}: {problems[0]}", problems)
+        return change
 
     # --- extend / unextend -------------------------------------------------------------------
 
@@ -131,8 +180,11 @@ class Operations:
         priority: int | None,
         overrides: Mapping[str, Mapping[str, Any]],
         user: str,
+        *,
+        fix: bool = False,
     ) -> Outcome:
-        """Extend the hierarchy of ``tag`` to this server (the target)."""
+        """Extend the hierarchy of ``tag`` to this server (the target). With ``fix``, a kit
+        whose pre-extend checks found what it can correct corrects it first."""
         cluster = await self.cluster()
         change, priority = changes.extend(cluster, tag, self.server, priority)
         unknown = sorted(set(overrides) - set(change.resources))
@@ -140,13 +192,14 @@ class Operations:
             raise ValidationError(
                 f"properties given for {', '.join(unknown)}, which are not in this hierarchy"
             )
-        resources, problems = {}, []
+        resources, problems, fixed = {}, [], []
         for member, resource in sorted(change.resources.items()):
-            updated, found = await self._prepare_extend(
-                cluster, resource, overrides.get(member, {})
+            updated, found, made = await self._prepare_extend(
+                cluster, resource, overrides.get(member, {}), fix
             )
             resources[member] = updated
             problems += found
+            fixed += made
         if problems:
             raise ValidationError(f"cannot extend {tag} to {self.server}: {problems[0]}", problems)
         change = replace(change, resources=resources)
@@ -157,11 +210,12 @@ class Operations:
             except KitError as exc:
                 raise ValidationError(f"cannot extend {tag} to {self.server}: {exc}") from exc
         revision = await self._commit(cluster, change, user)
-        return Outcome(change.summary, revision=revision)
+        detail = f"fixed before extending: {'; '.join(fixed)}" if fixed else ""
+        return Outcome(change.summary, detail=detail, revision=revision)
 
     async def _prepare_extend(
-        self, cluster: Cluster, resource: Resource, override: Mapping[str, Any]
-    ) -> tuple[Resource, list[str]]:
+        self, cluster: Cluster, resource: Resource, override: Mapping[str, Any], fix: bool
+    ) -> tuple[Resource, list[str], list[str]]:
         """The resource with this server's properties set (given, else proposed by the kit's
         pre-extend checks, else copied from the template), and the problems found."""
         kit = self.runner.kit(resource.kit)
@@ -169,7 +223,7 @@ class Operations:
         per_server = kit.Properties.per_server_fields()
         bad = sorted(set(override) - per_server)
         if bad:
-            return resource, [f"{resource.tag}: {', '.join(bad)} cannot differ per server"]
+            return resource, [f"{resource.tag}: {', '.join(bad)} cannot differ per server"], []
         values = {k: v for k, v in resource.server_properties.get(template, {}).items()}
         values.update(override)
         candidate = _with_server_properties(resource, self.server, values)
@@ -180,11 +234,23 @@ class Operations:
             values.update(proposed)
             candidate = _with_server_properties(resource, self.server, values)
             check = await self.runner.can_extend(candidate, candidate.properties_on(self.server))
+        made: list[str] = []
+        if check.problems and check.fixable and fix:
+            made = await self.runner.fix_extend(candidate)
+            check = await self.runner.can_extend(candidate, candidate.properties_on(self.server))
+        elif check.problems and check.fixable:
+            check = replace(
+                check,
+                problems=[
+                    *check.problems,
+                    f"extend with --fix to let vigil make these changes on {self.server}",
+                ],
+            )
         problems = [f"{resource.tag}: {p}" for p in check.problems]
         problems += [
             f"{resource.tag}: {p}" for p in self.check_properties(cluster, candidate, self.server)
         ]
-        return candidate, problems
+        return candidate, problems, [f"{resource.tag}: {m}" for m in made]
 
     async def unextend(self, tag: str, server: str, user: str) -> Outcome:
         cluster = await self.cluster()
@@ -224,10 +290,14 @@ class Operations:
             cluster.hierarchy(tag).tags, revision, timeout, change.summary
         )
 
-    async def delete(self, tag: str, user: str, timeout: float) -> Outcome:
-        """Out of service (just the doomed part), then delete from every server."""
+    async def delete(self, tag: str, user: str, timeout: float, *, force: bool = False) -> Outcome:
+        """Out of service (just the doomed part), then delete from every server. Refused,
+        unless ``force``, while in service on a backup when one of its kits warns against
+        that (the mail kit: its users are homed on the backup)."""
         cluster = await self.cluster()
         doomed = changes.deletion_set(cluster, tag)
+        if not force:
+            self._refuse_delete_on_backup(cluster, tag, doomed)
         if any(
             t in cluster.owners or (cluster.intents.get(t) and cluster.intents[t].server)
             for t in doomed
@@ -249,6 +319,24 @@ class Operations:
         change = changes.delete_hierarchy(cluster, tag)
         revision = await self._commit(cluster, change, user)
         return Outcome(change.summary, revision=revision)
+
+    def _refuse_delete_on_backup(self, cluster: Cluster, tag: str, doomed: set[str]) -> None:
+        hierarchy = cluster.hierarchy(tag)
+        active = cluster.intended_server(hierarchy)
+        root = cluster.resources[hierarchy.name]
+        if active is None or root.servers_by_priority[0] == active:
+            return
+        for member in sorted(doomed):
+            kit_name = cluster.resources[member].kit
+            if kit_name not in self.runner.kits.names():
+                continue
+            warning = self.runner.kit(kit_name).delete_on_backup
+            if warning:
+                primary = root.servers_by_priority[0]
+                raise Conflict(
+                    f"{hierarchy.name} is in service on {active}, a backup (its primary is "
+                    f"{primary}): {warning.replace('TAG', hierarchy.name)}",
+                )
 
     # --- waiting for the agents ---------------------------------------------------------------
 

@@ -159,7 +159,9 @@ def create_app(
         forwarded = await forward_to(operations, body.server, request)
         if forwarded is not None:
             return forwarded
-        return _result(await operations.extend(tag, body.priority, body.properties, who.name))
+        return _result(
+            await operations.extend(tag, body.priority, body.properties, who.name, fix=body.fix)
+        )
 
     @app.post(
         "/v1/hierarchies/{tag}/unextend",
@@ -174,10 +176,10 @@ def create_app(
         "/v1/hierarchies/{tag}", response_model=schemas.OperationResult, tags=["hierarchies"]
     )
     async def delete_hierarchy(
-        tag: str, who: Who, timeout: float = 120.0
+        tag: str, who: Who, timeout: float = 120.0, force: bool = False
     ) -> schemas.OperationResult:
         who.require("administrator", "delete hierarchies")
-        return _result(await operations.delete(tag, who.name, timeout))
+        return _result(await operations.delete(tag, who.name, timeout, force=force))
 
     @app.post(
         "/v1/hierarchies/{tag}/in-service",

@@ -57,6 +57,10 @@ class Extend(Body):
     properties: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per resource tag: its properties on the new server"
     )
+    fix: bool = Field(
+        False,
+        description="let the kits correct on the new server what the pre-extend checks found",
+    )
 
 
 class Unextend(Body):

@@ -211,18 +211,23 @@ def extend(
     prop: Annotated[
         list[str] | None, typer.Option("--property", "-p", help="TAG.NAME=VALUE on the new server")
     ] = None,
+    fix: Annotated[
+        bool,
+        typer.Option("--fix", help="let the kits correct what the pre-extend checks found"),
+    ] = False,
     url: Url = None,
     token: Token = None,
     as_json: Json = False,
 ) -> None:
-    """Extend the whole hierarchy of TAG to a backup server."""
+    """Extend the whole hierarchy of TAG to a backup server (after the kits' pre-extend
+    checks; with --fix, a kit that can correct what they found does so first)."""
     per_tag: dict[str, dict[str, Any]] = {}
     for name, value in _properties(prop).items():
         member, sep, field = name.partition(".")
         if not sep:
             raise CliError(f"--property {name}: expected TAG.NAME=VALUE", client.EXIT_REFUSED)
         per_tag.setdefault(member, {})[field] = value
-    body = {"server": to, "priority": priority, "properties": per_tag}
+    body = {"server": to, "priority": priority, "properties": per_tag, "fix": fix}
     _done(_call("POST", f"/v1/hierarchies/{tag}/extend", url, token, body), as_json)
 
 
@@ -242,6 +247,9 @@ def unextend(
 def delete(
     tag: str,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="delete even where a kit warns against it")
+    ] = False,
     url: Url = None,
     token: Token = None,
     as_json: Json = False,
@@ -249,7 +257,8 @@ def delete(
     """Delete the hierarchy of TAG from every server (its children too unless shared)."""
     if not yes and not typer.confirm(f"Delete {tag} and the resources below it from every server?"):
         raise typer.Exit(1)
-    _done(_call("DELETE", f"/v1/hierarchies/{tag}", url, token), as_json)
+    query = "?force=true" if force else ""
+    _done(_call("DELETE", f"/v1/hierarchies/{tag}{query}", url, token), as_json)
 
 
 @app.command("in-service")

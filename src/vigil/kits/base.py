@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -153,17 +153,36 @@ class KitProperties(BaseModel):
         }
 
 
+P = TypeVar("P", bound=KitProperties)
+
+
+def properties_of(ctx: KitContext, kind: type[P]) -> P:
+    """``ctx.properties`` as the kit's own model; ``KitError`` (FATAL) if they were parsed
+    by another kit (a bug in the caller)."""
+    if not isinstance(ctx.properties, kind):
+        raise KitError(
+            f"resource {ctx.tag}: properties of type {type(ctx.properties).__name__} given "
+            f"where {kind.__name__} was expected; parse them with the kit's parse_properties",
+            Severity.FATAL,
+        )
+    return ctx.properties
+
+
 def _extra(extra: object, flag: str) -> bool:
     return isinstance(extra, dict) and bool(extra.get(flag))
 
 
 @dataclass(frozen=True)
 class ChildResource:
-    """A resource a kit's ``create`` wants created below the one being created."""
+    """A resource a kit's ``create`` wants below the one being created: a new one (its
+    properties, cluster-wide and per server together), unless a resource of ``kit`` with
+    the same unique values exists already (it is adopted); with ``adopt``, the existing
+    resource tagged ``tag`` (an ip resource the administrator named)."""
 
     tag: str
     kit: str
-    properties: Mapping[str, Any]
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    adopt: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,23 @@ class ExtendCheck:
 
     problems: list[str] = field(default_factory=list)
     proposed: dict[str, Any] = field(default_factory=dict)
+    #: the problems the kit can correct itself on the target (``fix_extend``), when asked
+    fixable: bool = False
+
+
+@dataclass(frozen=True)
+class Related:
+    """Another resource as a kit may see it (read-only): a child of the resource, for
+    instance the ip resource whose address a service's checks connect to. ``properties``
+    are its values on this server, secrets left out."""
+
+    tag: str
+    kit: str
+    properties: Mapping[str, Any]
+
+
+#: records an event in the cluster event log: (kind, message); set by the agent
+Notify = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -194,6 +230,29 @@ class KitContext:
     #: available): run commands with ``run_command(..., cgroup=ctx.cgroup)`` so the fence
     #: guard can stop everything the resource started
     cgroup: Path | None = None
+    #: the resource's children (read-only), when the agent knows the cluster
+    children: tuple[Related, ...] = ()
+    #: the resource's raw properties on every server it is extended to, by server, in
+    #: priority order (a kit that must know its peers: the mail kit's home values)
+    instances: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: other resources of the same kit extended to this server (an N+1 backup has several)
+    others_here: tuple[str, ...] = ()
+    #: how the kit records an event in the cluster event log (None: nowhere, e.g. tests)
+    notify: Notify | None = None
+
+    async def event(self, kind: str, message: str) -> None:
+        """Record an event in the cluster event log (through the agent; a kit never writes
+        to the store). Logged here as well; never raises."""
+        self.log.info("%s: %s", self.tag, message)
+        if self.notify is not None:
+            try:
+                await self.notify(kind, message)
+            except Exception as exc:  # an event that cannot be recorded is only logged
+                self.log.warning("%s: could not record event %s: %s", self.tag, kind, exc)
+
+    def child_of_kit(self, kit: str) -> Related | None:
+        """The first child of kit ``kit``, if any."""
+        return next((child for child in self.children if child.kit == kit), None)
 
 
 @dataclass(frozen=True)
@@ -248,7 +307,12 @@ class Kit(abc.ABC):
         return []
 
     async def create(self, ctx: KitContext) -> list[ChildResource]:
-        """Make what the resource needs on the primary; may ask for child resources."""
+        """Make what the resource needs on the primary; may ask for child resources.
+
+        Each child is created below the resource in the same transaction, unless a
+        resource of the same kit with the same unique values (a volume's mount point)
+        exists: that one is adopted as the child when it belongs to no other hierarchy,
+        and the create is refused when it does."""
         return []
 
     async def can_extend(self, ctx: KitContext) -> ExtendCheck:
@@ -257,6 +321,22 @@ class Kit(abc.ABC):
 
     async def extend(self, ctx: KitContext) -> None:
         """Make what the resource needs on the target server."""
+
+    async def fix_extend(self, ctx: KitContext) -> list[str]:
+        """Correct on the target what ``can_extend`` found fixable (an administrator asked
+        for it: ``vigil extend --fix``); returns each change made. Default: nothing."""
+        return []
+
+    async def recorded_properties(self, ctx: KitContext) -> Mapping[str, Any]:
+        """Properties found on the primary at create, to be stored with the resource (the
+        mail kit: the settings every backup must match). Called after ``create``, within
+        its timeout; default: none."""
+        return {}
+
+    #: why deleting a hierarchy while it is in service on a backup (not its priority-1
+    #: server) is dangerous, and what to do first; None: no such danger. Delete is then
+    #: refused unless forced (the seed's "do not delete ... on the backup server").
+    delete_on_backup: ClassVar[str | None] = None
 
     async def delete(self, ctx: KitContext) -> None:
         """Clean up what create/extend made on ``ctx.server``. Idempotent."""
