@@ -84,6 +84,9 @@ class AgentConfig(BaseModel):
     tokens_file: Path
     addresses: list[str] = Field(default_factory=list)
     log_file: Path | None = None
+    #: the cluster key that seals secret properties in the store (the same file on every
+    #: server; ``vigil.agent.secrets``); none: secrets are stored as given
+    secrets_key_file: Path | None = None
     api: ApiSettings = Field(default_factory=ApiSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
 

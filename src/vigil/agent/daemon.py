@@ -32,6 +32,7 @@ from vigil.agent.kitrunner import KitRunner
 from vigil.agent.lease import LeaseKeeper
 from vigil.agent.paths import PathMonitor
 from vigil.agent.probe import probe
+from vigil.agent.secrets import SecretBox
 from vigil.engine import failover
 from vigil.engine.order import remove_waves
 from vigil.engine.plan import Step, StepKind
@@ -97,6 +98,7 @@ class Agent:
             tuple(self.config.addresses),
             self.cgroups,
         )
+        runner.secrets = SecretBox(self.config.secrets_key_file)  # ConfigError: unusable key
         self.actor = Actor(
             self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vigil.agent.fencing import Cgroups
+from vigil.agent.secrets import SecretBox
 from vigil.errors import KitError, KitTimeout, Severity, ValidationError, VigilError
 from vigil.kits.base import (
     Action,
@@ -50,6 +51,8 @@ class KitRunner:
         self.state_dir = state_dir
         self.addresses = addresses
         self.cgroups = cgroups
+        #: opens the secret properties the store holds sealed (no key: stored as given)
+        self.secrets = SecretBox(None)
         #: the agent's current view of the cluster, for what a kit may see of its
         #: neighbours (children, its instances on other servers); None: nothing
         self.view: Callable[[], Cluster] | None = None
@@ -67,7 +70,9 @@ class KitRunner:
         epoch: int = 0,
         cgroup: Path | None = None,
     ) -> KitContext:
-        parsed = kit.parse_properties(properties)
+        parsed = kit.parse_properties(
+            self.secrets.open_fields(properties, kit.Properties.secret_fields())
+        )
         return KitContext(
             tag=tag,
             server=self.server,
@@ -201,7 +206,9 @@ class KitRunner:
         include this server) with ``properties`` (its values here)."""
         try:
             kit, ctx = self.resource_context(resource)
-            ctx = replace(ctx, properties=kit.parse_properties(properties))
+            secret = kit.Properties.secret_fields()
+            opened = self.secrets.open_fields(properties, secret)
+            ctx = replace(ctx, properties=kit.parse_properties(opened))
         except KitError as exc:
             return ExtendCheck(problems=[str(exc)])
         return await self.run(Action.CAN_EXTEND, kit, ctx, kit.can_extend)

@@ -80,8 +80,11 @@ class Operations:
         """Problems with ``resource``'s properties on ``server``: type errors, and values that
         must be unique in the cluster but are used by another resource of the same kit."""
         kit = self.runner.kit(resource.kit)
+        secret = kit.Properties.secret_fields()
         try:
-            kit.parse_properties(resource.properties_on(server))
+            kit.parse_properties(
+                self.runner.secrets.open_fields(resource.properties_on(server), secret)
+            )
         except KitError as exc:
             return [str(exc)]
         problems = []
@@ -122,7 +125,7 @@ class Operations:
         if problems:
             raise ValidationError(f"cannot create {tag} on {self.server}: {problems[0]}", problems)
         change = await self._with_children(cluster, change, tag)
-        revision = await self._commit(cluster, change, user)
+        revision = await self._commit(cluster, self._sealed(change), user)
         return await self.wait_in_service(tag, self.server, revision, timeout, change.summary)
 
     async def _with_children(self, cluster: Cluster, change: Change, tag: str) -> Change:
@@ -202,7 +205,7 @@ class Operations:
             fixed += made
         if problems:
             raise ValidationError(f"cannot extend {tag} to {self.server}: {problems[0]}", problems)
-        change = replace(change, resources=resources)
+        change = self._sealed(replace(change, resources=resources))
         for resource in resources.values():
             kit, ctx = self.runner.resource_context(resource)
             try:
@@ -271,7 +274,7 @@ class Operations:
                     raise ValidationError(
                         f"invalid properties for {resource.tag}: {problems[0]}", problems
                     )
-        revision = await self._commit(cluster, change, user)
+        revision = await self._commit(cluster, self._sealed(change), user)
         return Outcome(change.summary, revision=revision)
 
     # --- in service, out of service, delete -------------------------------------------------
@@ -319,6 +322,24 @@ class Operations:
         change = changes.delete_hierarchy(cluster, tag)
         revision = await self._commit(cluster, change, user)
         return Outcome(change.summary, revision=revision)
+
+    def _sealed(self, change: Change) -> Change:
+        """``change`` with every secret property sealed (encrypted at rest)."""
+        box = self.runner.secrets
+        resources = {}
+        for tag, resource in change.resources.items():
+            if resource.kit not in self.runner.kits.names():
+                resources[tag] = resource
+                continue
+            secret = self.runner.kit(resource.kit).Properties.secret_fields()
+            resources[tag] = replace(
+                resource,
+                properties=box.seal_fields(resource.properties, secret),
+                server_properties={
+                    s: box.seal_fields(p, secret) for s, p in resource.server_properties.items()
+                },
+            )
+        return replace(change, resources=resources)
 
     def _refuse_delete_on_backup(self, cluster: Cluster, tag: str, doomed: set[str]) -> None:
         hierarchy = cluster.hierarchy(tag)

@@ -15,10 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from vigil import __version__
-from vigil.agent.operations import Operations, Outcome
-from vigil.api import recovery, schemas, views
+from vigil.agent.operations import Operations
+from vigil.api import mail, recovery, schemas, views
 from vigil.api.auth import Authenticator, Who
 from vigil.api.forward import forward_to
+from vigil.api.results import OperationFailed
+from vigil.api.results import result as _result
 from vigil.engine import changes
 from vigil.errors import (
     AuthError,
@@ -43,6 +45,7 @@ def create_app(
     app.state.operations = operations
     app.state.stop_agent = stop_agent or (lambda leave_resources: None)
     app.include_router(recovery.router)
+    app.include_router(mail.router)
 
     @app.get("/v1/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -215,18 +218,6 @@ def create_app(
     return app
 
 
-def _result(outcome: Outcome) -> schemas.OperationResult:
-    if not outcome.ok:
-        raise _OperationFailed(outcome)
-    return schemas.OperationResult(**vars(outcome))
-
-
-class _OperationFailed(VigilError):
-    def __init__(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        super().__init__(outcome.detail)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     def body(message: str, problems: list[str] | None = None) -> dict[str, Any]:
         return schemas.ErrorBody(error=message, problems=problems or [message]).model_dump()
@@ -240,8 +231,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse(body(str(exc), exc.problems), status_code=code)
 
-    @app.exception_handler(_OperationFailed)
-    async def failed(_: Request, exc: _OperationFailed) -> JSONResponse:
+    @app.exception_handler(OperationFailed)
+    async def failed(_: Request, exc: OperationFailed) -> JSONResponse:
         content = body(exc.outcome.detail) | {"summary": exc.outcome.summary}
         return JSONResponse(content, status_code=500)
 

@@ -23,6 +23,8 @@ async def forward_to(operations: Operations, server: str, request: Request) -> J
     cluster = await operations.cluster()
     changes.require_alive(cluster, server)
     url = cluster.servers[server].api_url + request.url.path
+    if request.url.query:
+        url += f"?{request.url.query}"
     headers = {
         "authorization": request.headers.get("authorization", ""),
         "content-type": "application/json",

@@ -310,7 +310,7 @@ def agent_run(
 
 
 def _register() -> None:
-    from vigil.cli import lab_commands, recovery_commands  # noqa: F401  (they add commands)
+    from vigil.cli import lab_commands, mail_commands, recovery_commands  # noqa: F401  (they add commands)
 
     app.add_typer(lab_commands.app, name="lab")
 
