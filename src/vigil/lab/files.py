@@ -71,12 +71,48 @@ class SharedDiskState(BaseModel):
     devices: dict[str, str] = Field(default_factory=dict)
 
 
+class MailDirectoryState(BaseModel):
+    """The mail organisation's directory (slapd, ``vigil.lab.mail.directory``); its
+    passwords stay in files in ``directory``."""
+
+    model_config = ConfigDict(extra="forbid")
+    where: str
+    address: str
+    directory: str
+    pid: int | None = None
+
+
+class MailFrontendState(BaseModel):
+    """The mail front-end (Postfix relay and Dovecot proxy, ``vigil.lab.mail.frontend``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    where: str
+    address: str
+    directory: str
+    postfix_pid: int | None = None
+    dovecot_pid: int | None = None
+
+
+class MailOrgState(BaseModel):
+    """The lab's mail organisation (``vigil.lab.mail``): its hosts, the servers given a
+    mail configuration, and its shared disk (the image of one of ``shared_disks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    domain: str
+    primary: str
+    users: int
+    directory: MailDirectoryState
+    frontend: MailFrontendState | None = None
+    servers: list[str] = Field(default_factory=list)
+    disk_image: str | None = None
+
+
 class LabState(BaseModel):
     """``lab.json``: what a lab has built so far, rewritten after each step.
 
     ``store`` is the agents' store: ``embedded`` (``store_url`` None: the SQLite file under
     the root) or ``etcd`` (``store_url`` names every member of ``store_members``).
-    ``dns_servers`` (by where they run) and ``shared_disks``: added after ``up``.
+    ``dns_servers`` (by where they run), ``shared_disks`` and ``mail``: added after ``up``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -92,6 +128,7 @@ class LabState(BaseModel):
     store_members: dict[str, StoreMemberState] = Field(default_factory=dict)
     dns_servers: dict[str, DnsServerState] = Field(default_factory=dict)
     shared_disks: list[SharedDiskState] = Field(default_factory=list)
+    mail: MailOrgState | None = None
 
 
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:

@@ -17,6 +17,7 @@ Typical use::
     lab.add_client("client1")            # a host outside the cluster, on the lab network
     lab.add_dns_server("client50")       # BIND in a namespace of its own (vigil.lab.dns)
     lab.add_shared_disk(64)              # one image, a loop device per server (vigil.lab.disk)
+    mail = lab.add_mail_org(users=20)    # directory, front-end, mail configs (vigil.lab.mail)
     lab.down()                           # idempotent; also after a crash
 
     Lab("e", 4).up(3, store="etcd", store_members=3)   # agents on etcd
@@ -49,6 +50,8 @@ from vigil.lab.clients import ClientInfo
 from vigil.lab.disk import SharedDiskInfo
 from vigil.lab.dns import DnsServerInfo
 from vigil.lab.info import LabInfo, LabStatus, ServerInfo
+from vigil.lab.mail import MailOrgInfo
+from vigil.lab.mail import org as mail_org
 from vigil.lab.naming import (
     API_PORT,
     MAX_SERVERS,
@@ -87,6 +90,8 @@ class Lab:
     def __init__(self, name: str = "lab", subnet_index: int = 0) -> None:
         self.names = LabNames(name, subnet_index)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        #: the system units the last ``add_mail_org`` disabled
+        self.disabled_units: list[str] = []
 
     @property
     def name(self) -> str:
@@ -336,6 +341,54 @@ class Lab:
     def shared_disks(self) -> list[SharedDiskInfo]:
         """The lab's shared disks, in the order they were added."""
         return [disk.info_of(record) for record in self._state().shared_disks]
+
+    # -- the mail organisation ---------------------------------------------------------
+    def add_mail_org(
+        self,
+        users: int = 20,
+        primary: str = "node1",
+        *,
+        disk_mb: int = mail_org.DEFAULT_DISK_MB,
+        disable_system_units: bool = True,
+    ) -> MailOrgInfo:
+        """Build the mail organisation the mail kit protects (``vigil.lab.mail``): an LDAP
+        directory with ``users`` mail users (and a probe user) homed on ``primary``, a
+        front-end (Postfix relay, Dovecot proxy), every server's own Postfix and Dovecot
+        configuration, and a shared disk holding the queue and the mailboxes, left
+        mounted at ``/srv/mail`` on ``primary`` with Postfix and Dovecot stopped.
+
+        ``disable_system_units``: ``systemctl disable postfix dovecot slapd`` (starts and
+        stops nothing; the Debian packages enable them, and the mail kit refuses a service
+        that would start at boot outside vigil). ``down`` removes all of it.
+        """
+        _require_root()
+        state = self._state()
+        enter = {server: self._enter(server) for server in state.servers}
+        built = mail_org.add(
+            self.names,
+            enter,
+            users=users,
+            primary=primary,
+            disk_mb=disk_mb,
+            disable_units=disable_system_units,
+        )
+        for child in built.children:
+            self._children[child.pid] = child
+        self.disabled_units = built.disabled_units
+        return built.info
+
+    def mail_org(self) -> MailOrgInfo:
+        """The mail organisation ``add_mail_org`` built (read from ``lab.json`` and the
+        directory's password files: any process may ask)."""
+        return mail_org.recorded(self.names)
+
+    def prepare_mail_server(self, server: str) -> Path:
+        """Make ``server`` ready to take the mail service over: its Postfix and Dovecot
+        configurations rewritten from the recorded organisation and its private mail
+        directories bind-mounted (normally both are there since ``add_mail_org``).
+        Mounting the shared disk is the volume's business (the kit's). Returns the
+        server's private mail directory (``ROOT/nodeK/mail``)."""
+        return mail_org.prepare_server(self.names, server, self._enter(server))
 
     # -- agents ------------------------------------------------------------------------
     def start_agent(self, server: str, *, wait: bool = True) -> int:

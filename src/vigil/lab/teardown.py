@@ -5,8 +5,10 @@ The order matters:
 1. stop the lab's DNS servers (``named``, by their recorded pids), the agents (SIGTERM,
    up to ``AGENT_GRACE`` s, then SIGKILL), then every other process inside a lab
    namespace (SIGTERM, ``OTHER_GRACE`` s, SIGKILL), found by
-   scanning ``/proc`` for the lab's namespaces; the etcd members of a lab on etcd last
-   (agents stopping in order still need their store);
+   scanning ``/proc`` for the lab's namespaces; then the mail organisation's slapd and
+   front-end daemons by their recorded pids, should any have escaped the scan (agents
+   taking a mail service out of service may still need its directory); the etcd members
+   of a lab on etcd last (agents stopping in order still need their store);
 2. delete the bridge, its ports and the host-side veths (their peers go with them);
 3. unmount everything under the root dir (mount-namespace files, then their private bind
    mount): with no process left inside, each server's mount namespace ends here;
@@ -27,6 +29,7 @@ from pathlib import Path
 from vigil.agent.fencing import Cgroups
 from vigil.lab import clients, dns, etcd, namespaces, network, processes
 from vigil.lab.files import LabState
+from vigil.lab.mail import org as mail_org
 from vigil.lab.naming import NETNS_DIR, LabNames, is_server_name
 
 #: seconds agents get to take their resources out of service before SIGKILL
@@ -113,6 +116,7 @@ def tear_down(names: LabNames, state: LabState | None) -> list[str]:
     problems += stop_processes(
         namespace_keys(names, netns_names) - store_keys, [p for p in agent_pids if p is not None]
     )
+    problems += [] if state is None else mail_org.stop_recorded(names, state)
     problems += stop_processes(store_keys, [], STORE_GRACE)
     for server in servers_of(netns_names, names):
         Cgroups(server, names.server_dir(server) / "state").remove_all()
