@@ -16,6 +16,7 @@ from rich.table import Table
 from vigil.agent.config import LeaseSettings
 from vigil.errors import VigilError
 from vigil.lab import Lab, LabInfo, LabStatus
+from vigil.lab.mail import MailOrgInfo, MailStatus
 
 app = typer.Typer(
     help="A lab: a cluster of N servers on this machine (network + mount namespaces on a "
@@ -66,6 +67,58 @@ def _show_info(info: LabInfo) -> None:
     _out.print(f"client file (URLs and tokens): {info.client_file}", highlight=False)
 
 
+def _show_mail(org: MailOrgInfo, disabled_units: list[str]) -> None:
+    directory, front = org.directory, org.frontend
+    lines = [
+        f"mail organisation {org.domain}: {len(org.users)} users + probe "
+        f"{org.probe_user.address}, homed on {org.primary} "
+        f"(mailHost {org.home_value(org.primary)})",
+        f"  directory: {directory.url} (slapd in {directory.where}), base {directory.base_dn}",
+        f"    bind DN {directory.bind_dn}, password in {directory.bind_password_file}",
+        f"    admin DN {directory.admin_dn}, password in {directory.admin_password_file}",
+        f"    users' passwords in {directory.users_password_file}",
+        f"  front-end: {front.address} (in {front.where}): SMTP {front.smtp_port} (relay, "
+        f"ETRN), IMAP {front.imap_port} and POP3 {front.pop3_port} (proxy)",
+        f"    Postfix {front.postfix_dir}, Dovecot {front.dovecot_conf}",
+        f"  on every server: Postfix -c {org.postfix_dir}, Dovecot -c {org.dovecot_conf}",
+        f"  home values: {', '.join(f'{s}={org.home_value(s)}' for s in org.servers)}",
+        f"  mail store: {org.mail_root} (queue {org.queue_dir}, mailboxes {org.vmail_dir}) on "
+        f"{org.disk.image}, mounted on {org.primary} ({org.disk.device(org.primary)}); "
+        "Postfix and Dovecot stopped",
+        "  start on a server: " + "; ".join(" ".join(a) for a in org.commands["start"]),
+        "  stop on a server:  " + "; ".join(" ".join(a) for a in org.commands["stop"]),
+    ]
+    if disabled_units:
+        lines.append(
+            f"  disabled the system's units {', '.join(disabled_units)} (systemctl disable: "
+            "nothing started or stopped; only vigil starts these services)"
+        )
+    for line in lines:
+        _out.print(line, highlight=False, soft_wrap=True)
+
+
+def _show_mail_status(mail: MailStatus) -> None:
+    slapd = f"slapd pid {mail.directory_pid}" if mail.directory_pid else "[red]slapd not running[/]"
+    front = (
+        f"{len(mail.frontend_pids)} of 2 daemons running"
+        if mail.frontend_pids
+        else "[red]not running[/]"
+    )
+    _out.print(
+        f"mail: directory {mail.directory_url} ({slapd}), front-end "
+        f"{mail.frontend_address or '-'} ({front})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for server in mail.servers:
+        _out.print(
+            f"  {server.name}: store {'mounted' if server.store_mounted else 'not mounted'}, "
+            f"postfix {'running' if server.postfix else 'stopped'}, "
+            f"dovecot {'running' if server.dovecot else 'stopped'}",
+            highlight=False,
+        )
+
+
 def _show_status(status: LabStatus) -> None:
     if not status.exists:
         _out.print(f"lab {status.name}: nothing exists")
@@ -98,6 +151,8 @@ def _show_status(status: LabStatus) -> None:
             f"pid {member.pid or '-'}, healthy {_yes_no(member.healthy)}",
             highlight=False,
         )
+    if status.mail is not None:
+        _show_mail_status(status.mail)
 
 
 @app.command()
@@ -136,9 +191,28 @@ def up(
             "rides through etcd leader changes and restarts.",
         ),
     ] = None,
+    mail: Annotated[
+        bool,
+        typer.Option(
+            "--mail/--no-mail",
+            help="Also build a mail organisation: an LDAP directory, a front-end (Postfix "
+            "relay, Dovecot proxy), each server's Postfix and Dovecot configuration, the "
+            "queue and mailboxes on a shared disk mounted on node1. Disables the system's "
+            "postfix, dovecot and slapd units (systemctl disable: starts and stops nothing).",
+        ),
+    ] = False,
+    mail_users: Annotated[
+        int, typer.Option("--mail-users", min=1, max=100_000, help="Mail users with --mail.")
+    ] = 20,
     json_output: JsonOption = False,
 ) -> None:
-    """Build a lab of N servers (node1..nodeN) and start their agents."""
+    """Build a lab of N servers (node1..nodeN) and start their agents.
+
+    With --mail, also the mail organisation the mail kit protects (see `--mail`); it
+    disables the system's postfix, dovecot and slapd units, which the Debian packages
+    enable, so that nothing but vigil starts these services (`systemctl disable` starts
+    and stops nothing), and says so.
+    """
     with _errors():
         if store not in ("embedded", "etcd"):
             raise typer.BadParameter(f"{store!r}: use embedded or etcd", param_hint="--store")
@@ -146,7 +220,8 @@ def up(
             lease = None if lease_ttl is None else LeaseSettings(ttl=lease_ttl)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--lease-ttl") from None
-        info = Lab(name, subnet_index).up(
+        lab = Lab(name, subnet_index)
+        info = lab.up(
             servers,
             start_agents=agents,
             keep_on_failure=keep_on_failure,
@@ -154,10 +229,27 @@ def up(
             store_members=store_members,
             lease=lease,
         )
+        org = _add_mail(lab, mail_users, keep_on_failure) if mail else None
     if json_output:
-        _print_json(info.to_dict())
+        data = info.to_dict()
+        if org is not None:
+            data["mail"] = {**org.to_dict(), "disabled_units": lab.disabled_units}
+        _print_json(data)
     else:
         _show_info(info)
+        if org is not None:
+            _show_mail(org, lab.disabled_units)
+
+
+def _add_mail(lab: Lab, users: int, keep_on_failure: bool) -> MailOrgInfo:
+    """``Lab.add_mail_org``; a lab whose mail organisation failed goes down with it,
+    as a lab that fails to come up does."""
+    try:
+        return lab.add_mail_org(users=users)
+    except BaseException:
+        if not keep_on_failure:
+            lab.down()
+        raise
 
 
 @app.command()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vigil.errors import LabError
+
+if TYPE_CHECKING:
+    from vigil.lab.mail.status import MailStatus
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class LabStatus:
     bridge: bool
     servers: tuple[ServerStatus, ...]
     store_members: tuple[StoreMemberStatus, ...] = ()
+    #: the mail organisation (``vigil.lab.mail``), if the lab has one
+    mail: MailStatus | None = None
 
     @property
     def exists(self) -> bool:

@@ -9,6 +9,7 @@ import httpx
 from vigil.errors import LabError
 from vigil.lab import etcd, files, namespaces, network, processes, teardown
 from vigil.lab.info import LabStatus, ServerStatus
+from vigil.lab.mail.status import mail_status
 from vigil.lab.naming import api_url, is_server_name, server_number
 
 if TYPE_CHECKING:
@@ -64,4 +65,5 @@ def lab_status(lab: Lab, *, check_api: bool = False) -> LabStatus:
         bridge=names.bridge in network.link_names(),
         servers=tuple(result),
         store_members=etcd.statuses(names, state, check_health=check_api),
+        mail=mail_status(names, state),
     )

@@ -36,7 +36,7 @@ class DirectoryInfo:
     ``bind_dn`` is the service account (reads everything but password hashes, writes
     ``mailHost``); ``admin_dn`` the rootdn. Their passwords are also in
     ``bind_password_file`` and ``admin_password_file`` (mode 0600), for configurations
-    that take a file.
+    that take a file; the users' in ``users_password_file`` (``uid password`` lines).
     """
 
     url: str
@@ -51,6 +51,7 @@ class DirectoryInfo:
     bind_password: str = field(repr=False)
     admin_password_file: Path
     bind_password_file: Path
+    users_password_file: Path
     config_file: Path
     log_file: Path
     names: LabNames = field(repr=False)
@@ -129,6 +130,49 @@ class MailOrgInfo:
     vmail_dir: Path = paths.VMAIL_DIR
     #: the commands that start and stop the mail services in a server (see ``paths``)
     commands: dict[str, list[list[str]]] = field(default_factory=paths.server_commands)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What an administrator needs to know, JSON-ready, without any password (the
+        password files are named instead)."""
+        directory, front = self.directory, self.frontend
+        return {
+            "domain": self.domain,
+            "primary": self.primary,
+            "directory": {
+                "url": directory.url,
+                "where": directory.where,
+                "base_dn": directory.base_dn,
+                "users_dn": directory.users_dn,
+                "bind_dn": directory.bind_dn,
+                "bind_password_file": str(directory.bind_password_file),
+                "admin_dn": directory.admin_dn,
+                "admin_password_file": str(directory.admin_password_file),
+                "config_file": str(directory.config_file),
+                "log_file": str(directory.log_file),
+            },
+            "frontend": {
+                "address": front.address,
+                "where": front.where,
+                "ports": {
+                    "smtp": front.smtp_port,
+                    "imap": front.imap_port,
+                    "pop3": front.pop3_port,
+                },
+                "postfix_dir": str(front.postfix_dir),
+                "dovecot_conf": str(front.dovecot_conf),
+                "postfix_log": str(front.postfix_log),
+                "dovecot_log": str(front.dovecot_log),
+            },
+            "users": len(self.users),
+            "users_password_file": str(directory.users_password_file),
+            "probe_user": self.probe_user.address,
+            "home_values": {server: self.home_value(server) for server in self.servers},
+            "postfix_dir": str(self.postfix_dir),
+            "dovecot_conf": str(self.dovecot_conf),
+            "mail_root": str(self.mail_root),
+            "disk": {"image": str(self.disk.image), "devices": dict(self.disk.devices)},
+            "commands": {k: [" ".join(argv) for argv in v] for k, v in self.commands.items()},
+        }
 
     def home_value(self, server: str) -> str:
         """``mailHost`` of users homed on ``server``: its lab address."""

@@ -208,6 +208,7 @@ def recorded(names: LabNames) -> MailOrgInfo:
             bind_password=secrets.service,
             admin_password_file=directory_dir / directory.ADMIN_SECRET,
             bind_password_file=directory_dir / directory.SERVICE_SECRET,
+            users_password_file=directory_dir / directory.USERS_SECRET,
             config_file=directory_dir / directory.CONFIG_FILE,
             log_file=directory_dir / directory.LOG_FILE,
             names=names,
