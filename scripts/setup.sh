@@ -9,6 +9,11 @@ purpose="${1:-demo}"
 debs=(python3 python3-venv iproute2 iputils-ping iputils-arping util-linux e2fsprogs procps psmisc curl)
 # BIND: the lab's DNS server, which the demo's and the tests' dns kit resources update
 debs+=(bind9 bind9-utils)
+# the mail organisation (vigil lab up --mail) and the mail kit: Postfix, Dovecot, OpenLDAP;
+# installed without configuring or starting a system instance (preseeded below)
+mail_debs=(postfix postfix-ldap dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-ldap
+    slapd ldap-utils)
+debs+=("${mail_debs[@]}")
 if [ "$purpose" = test ]; then
     # real services only the tests run: etcd (store); BIND's dig and nsupdate
     debs+=(etcd-server etcd-client bind9-dnsutils)
@@ -26,6 +31,9 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "vigil setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # no system mail server and no system directory: the lab runs its own instances
+    printf '%s\n' 'postfix postfix/main_mailer_type select No configuration' \
+        'slapd slapd/no_configuration boolean true' | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

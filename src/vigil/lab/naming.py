@@ -12,7 +12,11 @@ One lab called ``NAME`` with subnet index ``I`` and servers ``node1..nodeN`` own
   ``10.213.I.(199+K)/24``;
 - for the members ``etcdK`` of a lab on etcd (``vigil.lab.etcd``): network namespaces
   ``vigil-NAME-etcdK``, mount-namespace files ``ROOT/mnt/etcdK``, directories
-  ``ROOT/etcdK``, host-side veths ``ve-NAME-K``, addresses ``10.213.I.(150+K)/24``.
+  ``ROOT/etcdK``, host-side veths ``ve-NAME-K``, addresses ``10.213.I.(150+K)/24``;
+- for a mail organisation (``vigil.lab.mail``): its directory and front-end in clients
+  ``client49`` and ``client48`` (files under ``ROOT/mail/``), each server's private mail
+  directories ``ROOT/nodeK/mail/`` (bind-mounted inside that server only), and a shared
+  disk under ``ROOT/disks/``.
 
 ``down`` finds leftovers by these names alone, so the rules must stay unambiguous: a lab
 name is a short lower-case label, and every pattern ends in digits, so lab ``a`` never
