@@ -327,3 +327,26 @@ def test_down_leaves_nothing(lab: Lab, org: MailOrgInfo) -> None:
     assert not lab.names.root.exists()
     assert not lab.status().exists
     print("\nmail lab timings (s):", json.dumps({k: round(v, 3) for k, v in TIMINGS.items()}))
+
+
+def test_down_after_a_crash_finds_everything_by_its_names() -> None:
+    """A lab whose state file is gone (its builder crashed): slapd, the front-end, the
+    mail services running on node1 over the mounted store are found by the lab's names."""
+    lab = Lab("tmail", subnet_index=50)
+    lab.down()
+    try:
+        lab.up(2, start_agents=False)
+        org = lab.add_mail_org(users=3)
+        lab.add_client(CLIENT)
+        _services(lab, org, "node1", "start")
+        keys = _ns_keys(lab)
+        assert len(_live_pids_in(keys)) > 10  # slapd, both front-end daemons, node1's
+        lab.names.state_file.unlink()
+        Lab("tmail", subnet_index=50).down()
+        assert _live_pids_in(keys) == []
+        losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        assert str(lab.names.root) not in losetup
+        assert str(lab.names.root) not in Path("/proc/self/mountinfo").read_text()
+        assert not lab.names.root.exists() and not lab.status().exists
+    finally:
+        lab.down()
