@@ -7,6 +7,7 @@ Passwords are fields with ``repr=False``: printing an info never shows one.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,17 @@ class DirectoryInfo:
     log_file: Path
     names: LabNames = field(repr=False)
 
-    def connect(self, dn: str | None = None, password: str | None = None) -> Any:
-        """A context manager: an ldap3 ``Connection`` bound as ``dn`` (default: the
-        service account), closed on exit. ``LdapRefused`` if the bind fails."""
+    def connect(
+        self, dn: str | None = None, password: str | None = None
+    ) -> AbstractContextManager[ldap3.Connection]:
+        """An ldap3 ``Connection`` bound as ``dn`` (default: the service account), closed
+        when its ``with`` block ends. ``LdapRefused`` if the bind fails."""
         if dn is None:
             dn, password = self.bind_dn, self.bind_password
         return ldap.connection(self.url, dn, password)
 
     def mail_host(self, user: MailUser | str) -> str | None:
         """The user's ``mailHost`` (its home server's value), read as the service account."""
-        conn: ldap3.Connection
         with self.connect() as conn:
             return ldap.mail_host(conn, _uid(user))
 

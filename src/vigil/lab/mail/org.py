@@ -86,12 +86,13 @@ def add(
     disk_mb: int = DEFAULT_DISK_MB,
     disable_units: bool = True,
 ) -> Built:
-    """See the module docstring; ``enter``: server → its ``nsenter ... --`` prefix."""
+    """See the module docstring; ``enter``: server → its ``nsenter ... --`` prefix.
+    On failure, what was made stays recorded, for ``Lab.down``."""
     state = directory.reload_state(names)
     _check(state, users, primary, (directory_host, frontend_host))
     uids = [user_uid(k, users) for k in range(1, users + 1)] + [PROBE_UID]
     secrets = directory.add(names, directory_host, uids, servers.home_value(names, primary))
-    state.mail = MailOrgState(
+    mail = MailOrgState(
         domain=DOMAIN,
         primary=primary,
         users=users,
@@ -101,43 +102,67 @@ def add(
             directory=str(directory.directory_of(names)),
         ),
     )
+    state.mail = mail
     save_state(names.state_file, state)
     children = [c for c in [directory.start(names, state)] if c is not None]
-    url = directory.url_of(state.mail.directory.address)
-    state.mail.frontend = MailFrontendState(
-        where=frontend_host,
-        address=names.client_address(frontend_host),
-        directory=str(frontend.files_of(names).directory),
-    )
-    save_state(names.state_file, state)
-    frontend.write_config(
-        frontend.files_of(names),
-        address=state.mail.frontend.address,
-        networks=state.subnet,
-        directory_url=url,
-        bind_password=secrets.service,
-        instance=f"vigil-{names.name}-frontend",
-    )
-    children += frontend.start(names, state.mail.frontend)
-    save_state(names.state_file, state)
+    children += _start_frontend(names, state, mail, frontend_host, secrets.service)
     for server in sorted(state.servers, key=server_number):
-        private = servers.write_config(
-            names,
-            server,
-            networks=state.subnet,
-            directory_url=url,
-            bind_password=secrets.service,
-            frontend_address=state.mail.frontend.address,
-        )
-        servers.bind_mounts(server, enter[server], private)
-        state.mail.servers.append(server)
-        save_state(names.state_file, state)
+        _configure_server(names, state, mail, server, enter[server], secrets.service)
     made = disk.add(names, state, disk_mb, mmp=True)
-    state.mail.disk_image = str(made.image)
+    mail.disk_image = str(made.image)
     save_state(names.state_file, state)
     servers.create_store(primary, enter[primary], made.device(primary))
     disabled = servers.disable_system_units() if disable_units else []
     return Built(recorded(names), children, disabled)
+
+
+def _start_frontend(
+    names: LabNames, state: LabState, mail: MailOrgState, where: str, bind_password: str
+) -> list[subprocess.Popen[bytes]]:
+    """Record, configure and start the front-end in lab client ``where``."""
+    files = frontend.files_of(names)
+    record = MailFrontendState(
+        where=where, address=names.client_address(where), directory=str(files.directory)
+    )
+    mail.frontend = record
+    save_state(names.state_file, state)
+    frontend.write_config(
+        files,
+        address=record.address,
+        networks=state.subnet,
+        directory_url=directory.url_of(mail.directory.address),
+        bind_password=bind_password,
+        instance=f"vigil-{names.name}-frontend",
+    )
+    children = frontend.start(names, record)
+    save_state(names.state_file, state)  # with the daemons' pids
+    return children
+
+
+def _configure_server(
+    names: LabNames,
+    state: LabState,
+    mail: MailOrgState,
+    server: str,
+    enter: list[str],
+    bind_password: str,
+) -> Path:
+    """Write ``server``'s configurations, mount its private directories, record it."""
+    if mail.frontend is None:
+        raise LabError(f"the mail organisation of lab {state.name} has no front-end yet")
+    private = servers.write_config(
+        names,
+        server,
+        networks=state.subnet,
+        directory_url=directory.url_of(mail.directory.address),
+        bind_password=bind_password,
+        frontend_address=mail.frontend.address,
+    )
+    servers.bind_mounts(server, enter, private)
+    if server not in mail.servers:
+        mail.servers.append(server)
+        save_state(names.state_file, state)
+    return private
 
 
 def prepare_server(names: LabNames, server: str, enter: list[str]) -> Path:
@@ -149,21 +174,7 @@ def prepare_server(names: LabNames, server: str, enter: list[str]) -> Path:
     if server not in state.servers:
         raise LabError(f"lab {state.name} has no server {server!r}")
     secrets = directory.read_secrets(Path(mail.directory.directory))
-    if mail.frontend is None:
-        raise LabError(f"the mail organisation of lab {state.name} has no front-end yet")
-    private = servers.write_config(
-        names,
-        server,
-        networks=state.subnet,
-        directory_url=directory.url_of(mail.directory.address),
-        bind_password=secrets.service,
-        frontend_address=mail.frontend.address,
-    )
-    servers.bind_mounts(server, enter, private)
-    if server not in mail.servers:
-        mail.servers.append(server)
-        save_state(names.state_file, state)
-    return private
+    return _configure_server(names, state, mail, server, enter, secrets.service)
 
 
 def _mail(state: LabState) -> MailOrgState:

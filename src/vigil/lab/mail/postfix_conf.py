@@ -20,7 +20,10 @@ re-homed user's deferred mail delivered within minutes, not hours:
 It keeps a fast-flush log for the domain (``fast_flush_domains``) and accepts ``ETRN``
 from the lab network (``smtpd_etrn_restrictions``): after re-homing users, the mail kit
 asks it (``ETRN lab.example``) to deliver the domain's deferred mail at once, without a
-shell on the front-end.
+shell on the front-end. One caveat no setting changes: the queue manager keeps the route
+of the recipient it resolved last for 30 s (hard-coded in Postfix), so right after a
+re-homing that one recipient may go to its old home once more, and then at its next
+retry (LAB-NOTES, "The mail stack").
 
 **A server** accepts mail for the domain's users (``virtual_mailbox_maps`` from LDAP, any
 user: the front-end routes, a server delivers) and hands it to Dovecot over LMTP. Its
