@@ -304,6 +304,14 @@ def test_node2_takes_the_mail_service_over(lab: Lab, org: MailOrgInfo) -> None:
         assert set(old[user.name] or []) <= set(_inbox(org, user) or [])
     fresh = org.send(CLIENT, org.probe_user, "probe on node2")
     _delivered(org, org.probe_user, fresh)
+    # the client helpers stand in a server too, and talk to a server directly
+    node2 = org.home_value("node2")
+    direct = org.send("node1", org.probe_user, "straight to node2", via=node2)
+    wait_for(
+        lambda: direct in [m for m, _ in org.fetch("node1", org.probe_user, via=node2)],
+        20,
+        "mail sent to node2 directly, read on node2 directly",
+    )
     status = lab.status().mail
     assert status is not None
     assert [(s.name, s.store_mounted, s.postfix, s.dovecot) for s in status.servers] == [
