@@ -189,6 +189,7 @@ def pop3_list(
             for number in range(1, count + 1):
                 _, lines, _ = pop.top(number, 0)
                 found.append(_headers(b"\r\n".join(lines)))
+            pop.quit()  # nothing was marked for deletion: QUIT changes nothing
             return found
         except poplib.error_proto as exc:
             raise MailClientError(f"POP3 at {where} refused {login}: {exc}", str(exc)) from exc
