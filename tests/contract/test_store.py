@@ -14,15 +14,17 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from vigil.errors import Compacted, LeaseLost, StoreError, StoreUnavailable
-from vigil.store import Compare, Delete, EventType, Lease, Put, Store, WatchEvent
+from vigil.store import Compare, Delete, EventType, Lease, Put, Store, WatchBatch, WatchEvent
 
 if TYPE_CHECKING:
     from conftest import Backend
+
+T = TypeVar("T")
 
 #: generous bound for anything that should happen "soon" (a watch event, an expiry)
 DEADLINE = 10.0
@@ -44,8 +46,8 @@ async def take(events: AsyncIterator[WatchEvent], count: int) -> list[WatchEvent
 
 
 @asynccontextmanager
-async def watching(watch: AsyncIterator[WatchEvent]) -> AsyncIterator[AsyncIterator[WatchEvent]]:
-    """Use a watch, then close it (the contract only promises an ``AsyncIterator``)."""
+async def watching(watch: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Use a watch (of events or of batches), then close it."""
     try:
         yield watch
     finally:
@@ -379,6 +381,74 @@ async def test_watch_reports_every_change_in_order(backend: Backend) -> None:
         (delete, "w/c", b"", r4),
         (delete, "w/d", b"", r4),
         (put, "w/late", b"5", r5),
+    ]
+
+
+async def take_batches(batches: AsyncIterator[WatchBatch], count: int) -> list[WatchBatch]:
+    """Batches of a watch until ``count`` events came, failing if they do not within
+    DEADLINE."""
+    got: list[WatchBatch] = []
+    while sum(len(batch) for batch in got) < count:
+        got.append(await asyncio.wait_for(anext(batches), DEADLINE))
+    return got
+
+
+def whole_revisions(batches: list[WatchBatch], written: dict[int, set[str]]) -> None:
+    """Every batch holds every key each of its revisions wrote, sorted by (revision, key)."""
+    for batch in batches:
+        assert batch, "a batch is never empty"
+        assert list(batch) == sorted(batch, key=lambda e: (e.mod_revision, e.key))
+        for rev in {event.mod_revision for event in batch}:
+            assert {e.key for e in batch if e.mod_revision == rev} == written[rev]
+
+
+async def test_watch_batches_never_split_a_transaction(backend: Backend) -> None:
+    watcher, writer = await backend.connect(), await backend.connect()
+    start = await revision(writer) + 1
+    written: dict[int, set[str]] = {}
+
+    async def write(round_: int) -> None:
+        for n in range(10):
+            keys = [f"b/{round_}/{n}/{k}" for k in "zyxwvu"]  # out of order on purpose
+            ops = [Put(k, b"v") for k in keys]
+            ops.append(Put(f"elsewhere/{round_}/{n}", b"v"))  # outside the prefix
+            result = await writer.txn((), ops)
+            written[result.revision] = set(keys)
+            await writer.put(f"b/{round_}/{n}/single", b"v")
+            written[result.revision + 1] = {f"b/{round_}/{n}/single"}
+            if n % 3 == 0:
+                deleted = await writer.delete(f"b/{round_}/{n}/", prefix=True)
+                written[deleted] = {*keys, f"b/{round_}/{n}/single"}
+
+    await write(0)  # history: the watch starts behind and catches up
+    expected = sum(len(keys) for keys in written.values())
+    async with watching(watcher.watch_batches("b/", start)) as batches:
+        got = await take_batches(batches, expected)
+        await write(1)  # live: written while the watch waits for more
+        expected = sum(len(keys) for keys in written.values())
+        got += await take_batches(batches, expected - sum(len(b) for b in got))
+    whole_revisions(got, written)
+    events = [event for batch in got for event in batch]
+    assert [e.mod_revision for e in events] == sorted(e.mod_revision for e in events)
+    assert {e.mod_revision for e in events} == set(written)
+
+
+async def test_a_multi_key_transaction_arrives_in_one_batch(backend: Backend) -> None:
+    watcher, writer = await backend.connect(), await backend.connect()
+    start = await revision(writer) + 1
+    async with watching(watcher.watch_batches("t/", start)) as batches:
+        first = await writer.put("t/before", b"0")
+        (alone,) = await take_batches(batches, 1)
+        together = await writer.txn(
+            (), [Put("t/c", b"3"), Put("t/a", b"1"), Delete("t/before"), Put("t/b", b"2")]
+        )
+        (batch,) = await take_batches(batches, 4)
+    assert [(e.key, e.mod_revision) for e in alone] == [("t/before", first)]
+    assert [(e.type, e.key, e.mod_revision) for e in batch] == [
+        (EventType.PUT, "t/a", together.revision),
+        (EventType.PUT, "t/b", together.revision),
+        (EventType.DELETE, "t/before", together.revision),
+        (EventType.PUT, "t/c", together.revision),
     ]
 
 

@@ -33,6 +33,7 @@ from vigil.store.base import (
     Store,
     StoreCapabilities,
     TxnResult,
+    WatchBatch,
     WatchEvent,
 )
 
@@ -137,6 +138,7 @@ __all__ = [
     "Store",
     "StoreCapabilities",
     "TxnResult",
+    "WatchBatch",
     "WatchEvent",
     "open_store",
 ]

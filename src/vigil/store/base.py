@@ -15,7 +15,9 @@ Model (the etcd v3 data model, so that etcd implements it natively):
 * A **lease** has a TTL in whole seconds. Keys put with a lease are deleted, in one
   revision, when the lease expires or is revoked. Its holder keeps it alive.
 * A **watch** reports every change under a prefix, in revision order, starting from a given
-  revision; no change is skipped or reported twice.
+  revision; no change is skipped or reported twice. It delivers them in **batches of whole
+  revisions**: the changes one transaction made under the prefix always arrive together, so
+  a reader that applies whole batches never sees half a transaction.
 
 Timeouts: every call is bounded by the backend's ``request_timeout`` and raises
 ``StoreUnavailable`` when it is exceeded. The caller owns any retry.
@@ -24,7 +26,7 @@ Timeouts: every call is bounded by the backend's ``request_timeout`` and raises
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -124,6 +126,10 @@ class WatchEvent:
     mod_revision: int
 
 
+#: what ``Store.watch_batches`` yields: the changes of one or more whole revisions
+WatchBatch = tuple[WatchEvent, ...]
+
+
 @dataclass(frozen=True)
 class Lease:
     """A granted lease: its id and the TTL the store actually granted (may exceed the ask)."""
@@ -211,13 +217,21 @@ class Store(abc.ABC):
         """Revoke a lease now, deleting its keys. Idempotent (unknown lease: no error)."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Every change under ``prefix`` with revision >= ``start_revision``, in order, forever.
+    def watch_batches(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchBatch, None]:
+        """Every change under ``prefix`` with revision >= ``start_revision``, in order, forever,
+        in batches of whole revisions.
+
+        Each batch is non-empty, sorted by (revision, key), and holds *every* change under
+        ``prefix`` of each revision it contains: a transaction is never split between two
+        batches (a batch may hold several revisions). No change is skipped or reported
+        twice. So a reader that applies one batch at a time always holds the state of the
+        prefix at some revision (the last of the batch), never half a transaction.
 
         Raises ``Compacted`` when ``start_revision`` is older than the history the store
         keeps (the caller re-reads with ``get_prefix`` and watches from there), and
         ``StoreUnavailable`` when the connection is lost (the caller resumes from the
-        revision after the last event it got). Cancel the iterating task to stop.
+        revision after the last batch it got). Close the generator, or cancel the iterating
+        task, to stop.
         """
 
     @abc.abstractmethod
@@ -225,6 +239,17 @@ class Store(abc.ABC):
         """Release connections. Does not revoke leases (they expire by themselves)."""
 
     # --- conveniences built on the primitives ---------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """``watch_batches`` one change at a time (same order, errors and guarantees, but
+        the reader cannot tell where a transaction ends)."""
+        batches = self.watch_batches(prefix, start_revision)
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Unconditionally set a key; returns the new store revision."""

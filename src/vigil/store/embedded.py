@@ -28,7 +28,7 @@ import asyncio
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import partial
@@ -48,6 +48,7 @@ from vigil.store.base import (
     StoreCapabilities,
     StoreStats,
     TxnResult,
+    WatchBatch,
     WatchEvent,
 )
 
@@ -195,19 +196,24 @@ class EmbeddedStore(Store):
 
         await self._writing(revoke)
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Changes under ``prefix`` from ``start_revision`` on, in order; see ``Store.watch``.
+    async def watch_batches(
+        self, prefix: str, start_revision: int
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Changes under ``prefix`` from ``start_revision`` on, in batches of whole
+        revisions; see ``Store.watch_batches``.
 
         Polls the ``events`` table: SQLite has no change notification that crosses
         processes, and a poll every few tens of milliseconds is cheap (one indexed range
-        read). Each poll is one call bounded by the request timeout.
+        read). Each poll is one call bounded by the request timeout, reads a range of whole
+        revisions (at most ``_WATCH_BATCH``) in one read transaction, and yields what it
+        found under the prefix as one batch.
         """
         next_revision = start_revision
         while True:
             poll = partial(self._poll, prefix=prefix, start=next_revision)
             events, next_revision, caught_up = await self._reading(poll)
-            for event in events:
-                yield event
+            if events:
+                yield tuple(events)
             if caught_up:
                 await asyncio.sleep(self._poll_interval)
 
@@ -239,9 +245,13 @@ class EmbeddedStore(Store):
             self._executor, self._run, job, deadline
         )
         try:
-            # On timeout wait_for cancels the future: a job still queued never runs; one
-            # already running finishes on its own (its outcome is unknown to the caller).
-            return await asyncio.wait_for(future, self._timeout)
+            # On timeout the future is cancelled: a job still queued never runs; one already
+            # running finishes on its own (its outcome is unknown to the caller). Not
+            # ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
+            # as the job completes, so a task cancelled while it polls a watch could go on
+            # for ever (and whoever awaits its end, with it).
+            async with asyncio.timeout(self._timeout):
+                return await future
         except TimeoutError as exc:
             self.stats.errors += 1
             raise self._unavailable(f"no answer within {self._timeout:g} s") from exc

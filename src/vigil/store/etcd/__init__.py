@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import suppress
 from typing import TypeVar
 
@@ -58,7 +58,7 @@ from vigil.store.base import (
     StoreCapabilities,
     StoreStats,
     TxnResult,
-    WatchEvent,
+    WatchBatch,
 )
 from vigil.store.etcd import codec
 from vigil.store.etcd.client import PERMISSION_DENIED, Credentials, GatewayClient, GatewayError
@@ -197,11 +197,16 @@ class EtcdStore(Store):
         with suppress(LeaseLost):
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Changes under ``prefix`` from ``start_revision`` on; see ``Store.watch``.
+    async def watch_batches(
+        self, prefix: str, start_revision: int
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Changes under ``prefix`` from ``start_revision`` on, in batches of whole
+        revisions; see ``Store.watch_batches``.
 
-        One stream per watch, read by its own task; closing the iterator (or cancelling
-        the consumer) stops it. Raises ``Compacted``, ``StoreUnavailable`` when the stream
+        One stream per watch, read by its own task; closing the generator (or cancelling
+        the consumer) stops it. Each batch is one message of the stream: etcd never splits
+        a revision's events between messages (unless a watch asks for fragments, which
+        this one does not). Raises ``Compacted``, ``StoreUnavailable`` when the stream
         breaks, and ``StoreError`` when this client is closed.
         """
         self._check_open()
@@ -214,8 +219,7 @@ class EtcdStore(Store):
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                for event in item:
-                    yield event
+                yield tuple(item)
         finally:
             task.cancel()
 

@@ -6,8 +6,10 @@ The pump ends with an exception, never silently: ``Compacted`` (etcd cancelled t
 because its start revision was compacted), ``StoreUnavailable`` (the stream broke or
 ended), or ``StoreError`` (the client was closed, etcd refused the watch).
 
-etcd sends the events of one revision together, in the order the transaction wrote them;
-the pump sorts each batch by revision, then key, which is the contract's order.
+etcd sends the events of one revision together, in one message (a message may hold several
+revisions, never part of one: vigil does not ask for fragmented responses), in the order the
+transaction wrote them; the pump sorts each message by revision, then key, which is the
+contract's order, and queues it as one batch (``Store.watch_batches``).
 """
 
 from __future__ import annotations
