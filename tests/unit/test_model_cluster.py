@@ -188,3 +188,42 @@ def test_resource_properties_on_a_server_overlay_the_cluster_wide_ones() -> None
 def test_in_service_states() -> None:
     assert {s for s in InstanceState if s.in_service} == {InstanceState.ISP, InstanceState.ISU}
     assert Observed("a", "n1", InstanceState.OSF).state.in_service is False
+
+
+# --- indexes and views of the same configuration -----------------------------------------
+
+
+def test_dependency_indexes_answer_as_a_scan_of_every_dependency_would() -> None:
+    cluster = make_cluster(
+        resources={t: {"n1": 1} for t in ("web", "mail", "vol", "ip", "db", "alone")},
+        deps=[("web", "vol"), ("web", "ip"), ("mail", "vol"), ("db", "vol")],
+    )
+    for tag in cluster.resources:
+        assert cluster.children(tag) == sorted(
+            d.child for d in cluster.dependencies if d.parent == tag
+        )
+        assert cluster.parents(tag) == sorted(
+            d.parent for d in cluster.dependencies if d.child == tag
+        )
+        assert tag in cluster.hierarchy(tag).tags
+    assert cluster.parents("vol") == ["db", "mail", "web"]
+    assert cluster.children("alone") == []
+    cluster.children("web").append("changed")  # a copy: the index is not touched
+    assert cluster.children("web") == ["ip", "vol"]
+    with pytest.raises(KeyError):
+        cluster.hierarchy("unknown")
+
+
+def test_evolve_keeps_what_was_derived_from_the_same_configuration() -> None:
+    cluster = three_level()
+    hierarchies = cluster.hierarchies
+    policy = cluster.hierarchy_policy(hierarchies[0])
+    other = cluster.evolve(revision=cluster.revision + 1, owners={})
+    assert other.owners == {} and other.revision == cluster.revision + 1
+    assert other.hierarchies is hierarchies
+    assert other.hierarchy_policy(hierarchies[0]) is policy
+    changed = cluster.evolve(resources=dict(cluster.resources))  # equal, not the same object
+    assert changed.hierarchies == hierarchies
+    assert changed.hierarchies is not hierarchies
+    plain = replace(cluster, owners={})  # dataclasses.replace derives everything again
+    assert plain.hierarchies == hierarchies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vigil.model.cluster import CommPath, Dependency, Resource
 from vigil.model.records import (
+    EVENTS_PREFIX,
     PREFIX,
     AliveRecord,
     CommPathRecord,
@@ -16,6 +17,7 @@ from vigil.model.records import (
     ServerRecord,
     StateRecord,
     cluster_from_snapshot,
+    event_key,
     key,
 )
 from vigil.model.states import InstanceState, PathState
@@ -49,6 +51,12 @@ def test_key_is_under_the_prefix() -> None:
     assert key("resources", "web") == "/vigil/resources/web"
     assert key("state", "n1", "web") == "/vigil/state/n1/web"
     assert key("config") == PREFIX + "config"
+
+
+def test_the_event_log_is_outside_the_cluster() -> None:
+    assert not EVENTS_PREFIX.startswith(PREFIX)
+    assert not event_key("1-n1-0").startswith(PREFIX)
+    assert event_key("1-n1-0") == "/vigil-events/1-n1-0"
 
 
 def test_empty_snapshot() -> None:

@@ -1,11 +1,13 @@
 """Observe → decide → act, for one agent.
 
-Each cycle reads one consistent view of the cluster, asks the engine what this server must
-do (``engine.plan.decide``), logs each decision once, and starts one task per hierarchy
-that needs action (a hierarchy already being acted on is left alone until its step ends).
+Each cycle takes one consistent view of the cluster (the newest of the agent's
+``ClusterCache``, which its watch keeps current), asks the engine what this server must do
+(``engine.plan.decide``), logs each decision once, and starts one task per hierarchy that
+needs action (a hierarchy already being acted on is left alone until its step ends).
 Cycles run on every store change that can change a decision, and at least once a second.
-Other servers' heartbeats are timed here too (``vigil.agent.liveness``): a cycle runs when
-one falls silent, and ends that server's lease before deciding.
+Other servers' heartbeats are timed here too (``vigil.agent.liveness``), as the cache's
+watch delivers them: a cycle runs when one falls silent, and ends that server's lease
+before deciding (on a fresh read of the store).
 """
 
 from __future__ import annotations
@@ -18,27 +20,29 @@ import time
 from collections.abc import Callable
 
 from vigil.agent.actor import Actor
+from vigil.agent.cache import ClusterCache
 from vigil.agent.liveness import HeartbeatTracker, end_lease
 from vigil.agent.monitor import Monitor
-from vigil.agent.storeio import read_cluster
 from vigil.engine.plan import Step, StepKind, decide
-from vigil.errors import Compacted, StoreError, VigilError
+from vigil.errors import StoreError, VigilError
 from vigil.model.cluster import Cluster, Resource
-from vigil.model.records import PREFIX, AliveRecord, key
-from vigil.store.base import EventType, Store, WatchEvent
+from vigil.model.records import LEGACY_EVENTS_PREFIX, AliveRecord, key
+from vigil.store.base import EventType, WatchBatch, WatchEvent
 
 log = logging.getLogger("vigil.agent")
 
-#: keys whose changes do not change any decision (reports, not inputs)
-_REPORT_PREFIXES = (key("state", ""), key("paths", ""), key("events", ""))
+#: keys whose changes do not change any decision (reports, not inputs; and the event log
+#: of an agent of an earlier version)
+_REPORT_PREFIXES = (key("state", ""), key("paths", ""), LEGACY_EVENTS_PREFIX)
 _ALIVE = key("alive", "")
 #: a cycle runs at least this often without changes (confirmation timeouts, switchback)
 IDLE_CYCLE = 1.0
 
 
 class Cycle:
-    def __init__(self, store: Store, actor: Actor, trusted: Callable[[], bool]) -> None:
-        self.store = store
+    def __init__(self, cache: ClusterCache, actor: Actor, trusted: Callable[[], bool]) -> None:
+        self.cache = cache
+        self.store = cache.store
         self.actor = actor
         self.trusted = trusted  # whether this server's lease can be trusted now
         self.cluster = Cluster()
@@ -49,6 +53,7 @@ class Cycle:
         self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
         self._waiting: dict[str, str] = {}
         self._extended: dict[str, Resource] = {}
+        cache.subscribe(self._changed)
 
     def is_busy(self, tag: str) -> bool:
         return any(tag in tags for tags in self._busy)
@@ -61,10 +66,27 @@ class Cycle:
         await asyncio.gather(*self._busy.values(), return_exceptions=True)
         self._busy.clear()
 
-    async def refresh(self) -> Cluster:
-        self.cluster = await read_cluster(self.store)
+    async def refresh(self, *, fresh: bool = False) -> Cluster:
+        """The view to decide on: the cache's newest, or with ``fresh`` a linearizable read
+        of the store (at start, before leaving, after ending a lease). ``StoreError`` only
+        with ``fresh``."""
+        self.cluster = await self.cache.reload() if fresh else self.cache.cluster
         self.heartbeats.sync(self.cluster)
         return self.cluster
+
+    def _changed(self, batch: WatchBatch | None) -> None:
+        """The cache applied ``batch`` (None: it read the whole cluster again): time the
+        heartbeats in it as they arrive, and wake the loop when a decision can change."""
+        if batch is None:
+            self.heartbeats.sync(self.cache.cluster)
+            self.wake.set()
+            return
+        for event in batch:
+            if event.key.startswith(_ALIVE):
+                if self._heard(event):
+                    self.wake.set()
+            elif not event.key.startswith(_REPORT_PREFIXES):
+                self.wake.set()
 
     def _heard(self, event: WatchEvent) -> bool:
         """Time a heartbeat; True when it changes who is alive (a join or a departure)."""
@@ -77,27 +99,6 @@ class Cycle:
         except ValueError:
             return True
         return self.heartbeats.saw(server, event.mod_revision, ttl)
-
-    async def watch(self) -> None:
-        """Wake the loop on every change that can change a decision."""
-        revision = 0
-        while True:
-            try:
-                if revision == 0:
-                    revision = (await self.store.get_prefix(key("config"))).revision + 1
-                    self.wake.set()
-                async for event in self.store.watch(PREFIX, revision):
-                    revision = event.mod_revision + 1
-                    if event.key.startswith(_ALIVE):
-                        if self._heard(event):
-                            self.wake.set()
-                    elif not event.key.startswith(_REPORT_PREFIXES):
-                        self.wake.set()
-            except Compacted:
-                revision = 0
-            except StoreError as exc:
-                log.warning("store watch interrupted: %s", exc)
-                await asyncio.sleep(0.5)
 
     async def loop(self) -> None:
         while True:
@@ -119,7 +120,7 @@ class Cycle:
         if self.paused or not self.trusted():
             return
         if await self._end_silent_leases(cluster):
-            cluster = await self.refresh()
+            cluster = await self.refresh(fresh=True)
         waiting: dict[str, str] = {}
         for step in decide(cluster, self.actor.server, self.actor.local_view(), time.time()):
             if step.kind in (StepKind.WAIT, StepKind.BLOCKED):

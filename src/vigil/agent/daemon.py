@@ -25,6 +25,7 @@ from typing import Any
 
 from vigil.agent import housekeeping, intents
 from vigil.agent.actor import Actor
+from vigil.agent.cache import ClusterCache
 from vigil.agent.config import AgentConfig
 from vigil.agent.cycle import Cycle
 from vigil.agent.fencing import Cgroups, FencePlan, ensure_guard
@@ -64,6 +65,7 @@ class Agent:
         self.lease_store: Store | None = None
         self.lease: LeaseKeeper | None = None
         self.actor: Actor | None = None
+        self.cache: ClusterCache | None = None
         self.cycle: Cycle | None = None
         self.cgroups = Cgroups(self.server, config.state_dir)
         self.stop_mode: StopMode | None = None
@@ -102,7 +104,8 @@ class Agent:
         self.actor = Actor(
             self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
         )
-        self.cycle = Cycle(self.store, self.actor, lambda: bool(self.lease and self.lease.valid()))
+        self.cache = ClusterCache(self.store)
+        self.cycle = Cycle(self.cache, self.actor, lambda: bool(self.lease and self.lease.valid()))
         runner.view = lambda: self.cluster  # what a kit may see of its neighbours
         runner.notify = self.actor.event
         paths = PathMonitor(self.store, self.server, self.config.api.port)
@@ -112,7 +115,7 @@ class Agent:
         tasks = [asyncio.create_task(self.lease.run(), name="lease")]
         await self._probe()
         tasks += [
-            asyncio.create_task(self.cycle.watch(), name="watch"),
+            asyncio.create_task(self.cache.run(), name="watch"),
             asyncio.create_task(self.cycle.loop(), name="loop"),
             asyncio.create_task(paths.run(lambda: self.cluster), name="paths"),
             asyncio.create_task(housekeeping.run(self.store, self.server, lambda: self.cluster)),
@@ -174,7 +177,7 @@ class Agent:
     async def _probe(self) -> None:
         """Find what runs here already, then lift an earlier hold or maintenance."""
         assert self.store and self.actor and self.cycle
-        cluster = await self.cycle.refresh()
+        cluster = await self.cycle.refresh(fresh=True)
         await probe(self.actor, cluster)
         if self.server in cluster.stopped:
             await self.store.delete(key("stopped", self.server))
@@ -212,7 +215,7 @@ class Agent:
     async def _leave(self, mode: StopMode) -> None:
         """Record why this server stops, then hand over, remove or leave its hierarchies."""
         assert self.store and self.actor and self.cycle
-        cluster = await self.cycle.refresh()
+        cluster = await self.cycle.refresh(fresh=True)
         await self.store.put(
             key("stopped", self.server), StoppedRecord(mode=mode, at=time.time()).dump()
         )

@@ -106,8 +106,8 @@ async def run(config: AgentConfig) -> None:
         loop.add_signal_handler(sig, agent.stop)
 
     async def serve_api(agent: Agent) -> None:
-        assert agent.store and agent.actor
-        operations = Operations(agent.store, agent.actor.runner, agent.server)
+        assert agent.store and agent.actor and agent.cache
+        operations = Operations(agent.store, agent.actor.runner, agent.server, agent.cache)
 
         def stop(leave_resources: bool) -> None:
             agent.stop(StopMode.MAINTENANCE if leave_resources else None)

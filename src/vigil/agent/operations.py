@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from vigil.agent.cache import ClusterCache
 from vigil.agent.kitrunner import KitRunner
-from vigil.agent.storeio import apply_change, event_operation, read_cluster
+from vigil.agent.storeio import apply_change, event_operation
 from vigil.engine import changes
 from vigil.engine.changes import Change
 from vigil.engine.children import ChildRequest, add_children
@@ -43,13 +44,27 @@ class Outcome:
 
 
 class Operations:
-    def __init__(self, store: Store, runner: KitRunner, server: str) -> None:
+    def __init__(
+        self, store: Store, runner: KitRunner, server: str, cache: ClusterCache | None = None
+    ) -> None:
+        """``cache``: the agent's view of the cluster, kept current by its watch (what
+        operations wait on, and status views show); without one, Operations keeps its own,
+        watching from the first time it waits."""
         self.store = store
         self.runner = runner
         self.server = server
+        self.cache = cache or ClusterCache(store)
+        self._own_cache = cache is None
+        self._own_watch: asyncio.Task[None] | None = None
 
     async def cluster(self) -> Cluster:
-        return await read_cluster(self.store)
+        """A fresh, linearizable view to validate a change against. Not the cached view:
+        a change is guarded only by the configuration revision, so a view a watch delay
+        old could let through what the cluster no longer allows (a server that has just
+        died, an intent just changed); a fresh read is cheap now that the event log is
+        outside the cluster, and only the keys that changed since the cache's view are
+        parsed again. Raises ``StoreError`` when the store fails."""
+        return await self.cache.reload()
 
     def secret_fields(self, kit_name: str) -> set[str]:
         """Properties of ``kit_name`` that the API never shows."""
@@ -58,11 +73,13 @@ class Operations:
         return self.runner.kit(kit_name).Properties.secret_fields()
 
     async def _commit(self, cluster: Cluster, change: Change, user: str) -> int:
-        revision = await apply_change(self.store, cluster, change, user)
+        """Write ``change`` and the event that records it, in one transaction; return once
+        this agent's cached view has it too (read your writes: a status asked for next
+        shows the change), or after ``_VISIBLE`` seconds."""
+        event = event_operation(self.server, "configuration", f"{change.summary} (by {user})")
+        revision = await apply_change(self.store, cluster, change, user, event)
         log.info("%s (by %s)", change.summary, user)
-        await self.store.txn(
-            (), (event_operation(self.server, "configuration", f"{change.summary} (by {user})"),)
-        )
+        await self._view_after(revision, time.monotonic() + _VISIBLE)
         return revision
 
     # --- properties ------------------------------------------------------------------------
@@ -364,9 +381,11 @@ class Operations:
     async def wait_in_service(
         self, tag: str, server: str, revision: int, timeout: float, summary: str
     ) -> Outcome:
+        """Wait, on the cache's watch, until the hierarchy of ``tag`` is in service on
+        ``server`` after the change written at ``revision`` (or failed, moved, timed out)."""
         deadline = time.monotonic() + timeout
+        cluster = await self._view_after(revision, deadline)
         while True:
-            cluster = await self.cluster()
             if tag not in cluster.resources:
                 return Outcome(summary, False, f"{tag} was deleted meanwhile")
             hierarchy = cluster.hierarchy(tag)
@@ -400,14 +419,16 @@ class Operations:
                 return Outcome(
                     summary, False, f"not in service on {server} after {timeout:g}s: {pending}"
                 )
-            await asyncio.sleep(0.1)
+            cluster = await self._next_view(cluster, deadline)
 
     async def wait_released(
         self, tags: frozenset[str], revision: int, timeout: float, summary: str
     ) -> Outcome:
+        """Wait, on the cache's watch, until no server owns any of ``tags`` after the change
+        written at ``revision`` (or they are wanted somewhere again, or time runs out)."""
         deadline = time.monotonic() + timeout
+        cluster = await self._view_after(revision, deadline)
         while True:
-            cluster = await self.cluster()
             owned = sorted(t for t in tags if t in cluster.owners)
             if not owned:
                 return Outcome(summary, True, "out of service on every server", revision)
@@ -425,7 +446,33 @@ class Operations:
             if time.monotonic() > deadline:
                 where = ", ".join(f"{t} on {cluster.owners[t].server}" for t in owned)
                 return Outcome(summary, False, f"still in service after {timeout:g}s: {where}")
-            await asyncio.sleep(0.1)
+            cluster = await self._next_view(cluster, deadline)
+
+    # --- waiting on the cache's watch ---------------------------------------------------------
+
+    async def _view_after(self, revision: int, deadline: float) -> Cluster:
+        """The cached view once it holds the change written at ``revision`` (or the newest
+        one at ``deadline``, on ``time.monotonic``)."""
+        self._watching()
+        if self.cache.revision < revision:
+            await self.cache.changed(revision - 1, max(0.0, deadline - time.monotonic()))
+        return self.cache.cluster
+
+    async def _next_view(self, cluster: Cluster, deadline: float) -> Cluster:
+        """The next cached view after ``cluster`` (or the same one at ``deadline``)."""
+        await self.cache.changed(cluster.revision, max(0.0, deadline - time.monotonic()))
+        return self.cache.cluster
+
+    def _watching(self) -> None:
+        """Start the watch of a cache of this object's own (an agent's cache is fed by the
+        agent): until cancelled, it lives as long as the event loop."""
+        if self._own_cache and self._own_watch is None:
+            self._own_watch = asyncio.create_task(self.cache.run(), name="operations watch")
+
+
+#: how long a change waits to show in the agent's cached view (its watch's delay: a poll
+#: interval, a round trip) before the operation answers all the same
+_VISIBLE = 2.0
 
 
 def _owned_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:

@@ -1,7 +1,8 @@
 """Reading the cluster from the store and writing changes to it, in one transaction each.
 
-The one place that turns store keys into a ``Cluster`` and an engine ``Change`` into store
-operations, shared by the agent loop and the API.
+The one place that turns an engine ``Change`` into store operations and writes events,
+shared by the agent loop and the API. An agent keeps its view of the cluster in a
+``vigil.agent.cache.ClusterCache``; ``read_cluster`` is for one-off readers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vigil.model.records import (
     ResourceRecord,
     ServerPolicyRecord,
     cluster_from_snapshot,
+    event_key,
     key,
 )
 from vigil.store.base import Compare, Delete, Operation, Put, Store
@@ -31,7 +33,7 @@ _event_sequence = itertools.count()
 
 
 async def read_cluster(store: Store) -> Cluster:
-    """The whole cluster, read atomically at one revision."""
+    """The whole cluster, read atomically at one revision (the event log is elsewhere)."""
     snapshot = await store.get_prefix(PREFIX)
     return cluster_from_snapshot(
         snapshot.revision,
@@ -73,14 +75,23 @@ def change_operations(change: Change, requested_by: str, now: float) -> list[Ope
     return ops
 
 
-async def apply_change(store: Store, cluster: Cluster, change: Change, requested_by: str) -> int:
-    """Write ``change`` in one transaction, only if the configuration is still the one it was
-    validated against. Raises ``Conflict`` when another change came first (nothing written).
-    Returns the store revision of the change."""
+async def apply_change(
+    store: Store, cluster: Cluster, change: Change, requested_by: str, event: Put | None = None
+) -> int:
+    """Write ``change`` and the ``event`` that records it (``event_operation``) in one
+    transaction, only if the configuration is still the one it was validated against:
+    both or neither. Raises ``Conflict`` when another change came first (nothing written).
+    Returns the store revision of the change.
+
+    The transaction holds the change's operations, the configuration key and the event:
+    etcd refuses a transaction of more than ``--max-txn-ops`` operations (128 by default),
+    so a change of more than 126 operations fails there as a whole (nothing written)."""
     now = time.time()
     guard = Compare(CONFIG_KEY, cluster.config_revision)
     ops = change_operations(change, requested_by, now)
     ops.append(Put(CONFIG_KEY, ConfigRecord(changed_at=now, summary=change.summary).dump()))
+    if event is not None:
+        ops.append(event)
     result = await store.txn((guard,), ops)
     if not result.succeeded:
         raise Conflict(
@@ -98,10 +109,11 @@ def event_operation(
     hierarchy: str | None = None,
     tag: str | None = None,
 ) -> Put:
-    """A cluster event log entry; keys sort by time."""
+    """A cluster event log entry (under ``EVENTS_PREFIX``), to write in the transaction of
+    the change it records; keys sort by time."""
     now = time.time()
     record = EventRecord(
         at=now, server=server, kind=kind, message=message, hierarchy=hierarchy, tag=tag
     )
-    event_key = key("events", f"{time.time_ns():020d}-{server}-{next(_event_sequence)}")
-    return Put(event_key, record.dump())
+    name = f"{time.time_ns():020d}-{server}-{next(_event_sequence)}"
+    return Put(event_key(name), record.dump())

@@ -1,7 +1,8 @@
 """The REST API every agent serves (FastAPI; OpenAPI at ``/openapi.json``).
 
-Any agent answers for the whole cluster: reads come from the shared store, changes are
-validated and written by the agent that receives them, except ``create`` and ``extend``,
+Any agent answers for the whole cluster: status views come from the agent's cached view of
+the store (kept current by its watch), changes are validated on a fresh read and written
+by the agent that receives them, except ``create`` and ``extend``,
 whose kit checks must run on the target server: they are forwarded to that server's agent.
 """
 
@@ -30,6 +31,7 @@ from vigil.errors import (
     ValidationError,
     VigilError,
 )
+from vigil.model.cluster import Cluster
 
 
 def create_app(
@@ -54,7 +56,7 @@ def create_app(
 
     @app.get("/v1/status", response_model=schemas.StatusView, tags=["status"])
     async def status(who: Who) -> schemas.StatusView:
-        return views.status_view(await operations.cluster(), operations.secret_fields)
+        return views.status_view(await _cached(operations), operations.secret_fields)
 
     @app.get("/v1/kits", tags=["status"])
     async def kits(who: Who) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def create_app(
 
     @app.get("/v1/commpaths", response_model=list[schemas.CommPathView], tags=["comm paths"])
     async def list_paths(who: Who) -> list[schemas.CommPathView]:
-        cluster = await operations.cluster()
+        cluster = await _cached(operations)
         return [views.path_view(cluster, p) for p in cluster.comm_paths]
 
     @app.post("/v1/commpaths", response_model=schemas.OperationResult, tags=["comm paths"])
@@ -100,7 +102,7 @@ def create_app(
 
     @app.get("/v1/resources/{tag}", response_model=schemas.ResourceView, tags=["resources"])
     async def show_resource(tag: str, who: Who) -> schemas.ResourceView:
-        cluster = await operations.cluster()
+        cluster = await _cached(operations)
         changes.require_resource(cluster, tag)
         return views.resource_view(cluster, tag, operations.secret_fields)
 
@@ -208,7 +210,7 @@ def create_app(
     async def in_service_here(tag: str) -> JSONResponse:
         """200 when the hierarchy of ``tag`` is in service on this server, else 503 (for
         load balancers; no token needed)."""
-        cluster = await operations.cluster()
+        cluster = await _cached(operations)
         here = tag in cluster.resources and all(
             cluster.state_of(operations.server, t).state.in_service
             for t in cluster.hierarchy(tag).tags
@@ -216,6 +218,13 @@ def create_app(
         return JSONResponse({"in_service": here}, status_code=200 if here else 503)
 
     return app
+
+
+async def _cached(operations: Operations) -> Cluster:
+    """The agent's cached view, for what only shows the cluster (status views, health):
+    as new as the agent's watch, no store read (read once if never read yet)."""
+    cache = operations.cache
+    return cache.cluster if cache.loaded else await cache.reload()
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -4,7 +4,7 @@ event log (with long-polling for ``--follow``), ``why`` and ``plan``."""
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,9 +14,9 @@ from vigil.api import schemas
 from vigil.api.auth import Who
 from vigil.api.forward import forward_to
 from vigil.engine import changes, failover
-from vigil.errors import Conflict, NotFound
-from vigil.model.records import ConfirmRecord, EventRecord, key
-from vigil.store.base import Compare, Put
+from vigil.errors import Compacted, Conflict, NotFound, StoreError
+from vigil.model.records import EVENTS_PREFIX, ConfirmRecord, EventRecord, key
+from vigil.store.base import Compare, EventType, Put, Store
 
 router = APIRouter()
 
@@ -105,25 +105,55 @@ async def events(
     who: Who, request: Request, limit: int = 200, after: str = "", wait: float = 0.0
 ) -> list[schemas.EventView]:
     """The newest ``limit`` events, or with ``after`` (an event id) those after it, waiting
-    up to ``wait`` seconds for one to arrive (for ``vigil events --follow``)."""
+    up to ``wait`` seconds for one to arrive (for ``vigil events --follow``): on a watch of
+    the event log, so a new event is answered as soon as the store reports it."""
     store = _ops(request).store
-    deadline = time.monotonic() + min(wait, 60.0)
+    snapshot = await store.get_prefix(EVENTS_PREFIX)
+    items = [(kv.key, kv.value) for kv in snapshot.items if _event_id(kv.key) > after]
+    if items or wait <= 0:
+        return [_event(k, v) for k, v in items[-limit:]]
+    try:
+        async with asyncio.timeout(min(wait, 60.0)):
+            items = await _next_events(store, snapshot.revision + 1, after)
+    except TimeoutError:
+        return []
+    return [_event(k, v) for k, v in items[-limit:]]
+
+
+async def _next_events(store: Store, revision: int, after: str) -> list[tuple[str, bytes]]:
+    """The first events written from ``revision`` on whose id sorts after ``after``. A
+    watch that breaks is read again from where it was (the caller bounds the wait)."""
     while True:
-        snapshot = await store.get_prefix(key("events", ""))
-        items = (
-            [kv for kv in snapshot.items if kv.key.rsplit("/", 1)[1] > after]
-            if after
-            else list(snapshot.items)
-        )
-        if items or time.monotonic() >= deadline:
-            return [_event(kv.key, kv.value) for kv in items[-limit:]]
-        await asyncio.sleep(0.2)
+        batches = store.watch_batches(EVENTS_PREFIX, revision)
+        try:
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    revision = batch[-1].mod_revision + 1
+                    new = [
+                        (e.key, e.value)
+                        for e in batch
+                        if e.type is EventType.PUT and _event_id(e.key) > after
+                    ]
+                    if new:
+                        return new
+        except Compacted:
+            snapshot = await store.get_prefix(EVENTS_PREFIX)
+            new = [(kv.key, kv.value) for kv in snapshot.items if _event_id(kv.key) > after]
+            if new:
+                return new
+            revision = snapshot.revision + 1
+        except StoreError:
+            await asyncio.sleep(0.5)
+
+
+def _event_id(full_key: str) -> str:
+    return full_key[len(EVENTS_PREFIX) :]
 
 
 def _event(full_key: str, value: bytes) -> schemas.EventView:
     record = EventRecord.model_validate_json(value)
     return schemas.EventView(
-        id=full_key.rsplit("/", 1)[1], **record.model_dump(exclude={"schema_version"})
+        id=_event_id(full_key), **record.model_dump(exclude={"schema_version"})
     )
 
 
@@ -135,7 +165,7 @@ async def why(tag: str, who: Who, request: Request) -> dict[str, Any]:
     changes.require_resource(cluster, tag)
     hierarchy = cluster.hierarchy(tag)
     intent = cluster.intent(hierarchy)
-    snapshot = await operations.store.get_prefix(key("events", ""))
+    snapshot = await operations.store.get_prefix(EVENTS_PREFIX)
     related = [
         _event(kv.key, kv.value)
         for kv in snapshot.items

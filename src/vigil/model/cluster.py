@@ -187,6 +187,17 @@ class Hierarchy:
         return self.roots[0] if self.roots else min(self.tags)
 
 
+#: what ``Cluster`` derives from its resources and dependencies alone (``Cluster.evolve``)
+_TOPOLOGY = (
+    "edges",
+    "_children",
+    "_parents",
+    "hierarchies",
+    "_hierarchy_of",
+    "_hierarchy_policies",
+)
+
+
 @dataclass(frozen=True)
 class Cluster:
     """One consistent view of the whole cluster, read at store ``revision``."""
@@ -209,31 +220,61 @@ class Cluster:
     #: hierarchy name -> operator's answer to a pending failover confirmation (None: none yet)
     confirmations: Mapping[str, Confirmation] = field(default_factory=dict)
 
+    def evolve(self, **changes: object) -> Cluster:
+        """A copy with ``changes`` (as ``dataclasses.replace``). What was derived from the
+        resources and dependencies alone (hierarchies, the dependency indexes, hierarchy
+        policies) is carried over when the copy has the very same ``resources`` and
+        ``dependencies`` objects, so a new view of the same configuration (another
+        heartbeat, another state) does not compute them again."""
+        copy = replace(self, **changes)  # type: ignore[arg-type]
+        if copy.resources is self.resources and copy.dependencies is self.dependencies:
+            for name in _TOPOLOGY:
+                if name in self.__dict__:
+                    copy.__dict__[name] = self.__dict__[name]
+        return copy
+
     @cached_property
     def edges(self) -> list[graph.Edge]:
         return sorted((d.parent, d.child) for d in self.dependencies)
 
+    @cached_property
+    def _children(self) -> dict[str, tuple[str, ...]]:
+        """tag -> its children, sorted (only tags that have some)."""
+        found: dict[str, list[str]] = {}
+        for parent, child in self.edges:
+            found.setdefault(parent, []).append(child)
+        return {tag: tuple(children) for tag, children in found.items()}
+
+    @cached_property
+    def _parents(self) -> dict[str, tuple[str, ...]]:
+        """tag -> its parents, sorted (only tags that have some)."""
+        found: dict[str, list[str]] = {}
+        for parent, child in self.edges:
+            found.setdefault(child, []).append(parent)
+        return {tag: tuple(sorted(parents)) for tag, parents in found.items()}
+
     def children(self, tag: str) -> list[str]:
-        return sorted(d.child for d in self.dependencies if d.parent == tag)
+        return list(self._children.get(tag, ()))
 
     def parents(self, tag: str) -> list[str]:
-        return sorted(d.parent for d in self.dependencies if d.child == tag)
+        return list(self._parents.get(tag, ()))
 
     @cached_property
     def hierarchies(self) -> tuple[Hierarchy, ...]:
         """Every hierarchy, ordered by name."""
         result = []
         for component in graph.components(self.resources, self.edges):
-            roots = tuple(sorted(tag for tag in component if not self.parents(tag)))
+            roots = tuple(sorted(tag for tag in component if tag not in self._parents))
             result.append(Hierarchy(component, roots))
         return tuple(sorted(result, key=lambda h: h.name))
 
+    @cached_property
+    def _hierarchy_of(self) -> dict[str, Hierarchy]:
+        return {tag: hierarchy for hierarchy in self.hierarchies for tag in hierarchy.tags}
+
     def hierarchy(self, tag: str) -> Hierarchy:
         """The hierarchy ``tag`` belongs to. KeyError when the tag is unknown."""
-        for candidate in self.hierarchies:
-            if tag in candidate.tags:
-                return candidate
-        raise KeyError(tag)
+        return self._hierarchy_of[tag]
 
     def hierarchy_servers(self, hierarchy: Hierarchy) -> set[str]:
         """Servers every resource of the hierarchy is extended to."""
@@ -267,10 +308,19 @@ class Cluster:
         policy: ResourcePolicy = parse_policy(ResourcePolicy, values, tag)
         return policy
 
+    @cached_property
+    def _hierarchy_policies(self) -> dict[str, HierarchyPolicy]:
+        """Hierarchy name -> its parsed policy, filled as they are asked for."""
+        return {}
+
     def hierarchy_policy(self, hierarchy: Hierarchy) -> HierarchyPolicy:
+        known = self._hierarchy_policies.get(hierarchy.name)
+        if known is not None:
+            return known
         root = self.resources[hierarchy.name]
         values = {k: v for k, v in root.policies.items() if k in HIERARCHY_POLICY_NAMES}
         policy: HierarchyPolicy = parse_policy(HierarchyPolicy, values, hierarchy.name)
+        self._hierarchy_policies[hierarchy.name] = policy
         return policy
 
     def intent(self, hierarchy: Hierarchy) -> Intent | None:

@@ -1,10 +1,11 @@
 """How the cluster is laid out in the store: the keys, and the JSON stored under them.
 
 Every value is a pydantic model with a ``schema_version`` so a later vigil can read what an
-earlier one wrote. ``cluster_from_snapshot`` turns one store snapshot into a ``Cluster``.
-Pure: no I/O (the store calls live in the agent and the API).
+earlier one wrote. ``parse_item`` turns one key into a model entry, ``vigil.model.assembly``
+puts entries together into a ``Cluster``, and ``cluster_from_snapshot`` does both for one
+store snapshot. Pure: no I/O (the store calls live in the agent and the API).
 
-Key layout (all under ``PREFIX``)::
+Key layout of the cluster (all under ``PREFIX``; what an agent reads and watches)::
 
     servers/<server>            ServerRecord      persistent: registered by the agent
     alive/<server>              AliveRecord       bound to the agent's lease
@@ -15,15 +16,24 @@ Key layout (all under ``PREFIX``)::
     intent/<tag>                IntentRecord      where the resource is wanted in service
     owner/<tag>                 OwnerRecord       bound to the owner's lease (fencing)
     state/<server>/<tag>        StateRecord       what the agent of <server> observes
-    events/<time>-<server>-<n>  EventRecord       the cluster event log
     config                      ConfigRecord      bumped by every configuration change
     serverpolicy/<server>       ServerPolicyRecord the server's recovery/failover policies
     stopped/<server>            StoppedRecord     the server was stopped on purpose
     confirm/<hierarchy>         ConfirmRecord     a failover waiting for an operator
+
+The cluster event log lives beside it, under ``EVENTS_PREFIX`` (``/vigil-events/``, not
+under ``/vigil/``), so that reading and watching the cluster never touches history::
+
+    <time>-<server>-<n>         EventRecord       one event; keys sort by time
+
+An earlier version kept events under ``/vigil/events/``: a cluster read skips them (an
+unknown kind) and the agents' housekeeping deletes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,18 +49,26 @@ from vigil.model.cluster import (
     Ownership,
     PathObservation,
     Resource,
-    Server,
 )
 from vigil.model.policies import ServerPolicy, StopMode, parse_policy
 from vigil.model.states import InstanceState, PathState
 
 PREFIX = "/vigil/"
+#: the cluster event log: outside ``PREFIX`` (it must not start with it)
+EVENTS_PREFIX = "/vigil-events/"
+#: where an earlier version kept the event log (deleted by housekeeping)
+LEGACY_EVENTS_PREFIX = PREFIX + "events/"
 SCHEMA_VERSION = 1
 
 
 def key(*parts: str) -> str:
     """A store key under the vigil prefix: ``key("resources", "web")``."""
     return PREFIX + "/".join(parts)
+
+
+def event_key(name: str) -> str:
+    """The store key of the event called ``name`` (``<time>-<server>-<n>``)."""
+    return EVENTS_PREFIX + name
 
 
 class Record(BaseModel):
@@ -182,103 +200,162 @@ def _load(model: type[Record], value: bytes) -> Any:
     return model.model_validate_json(value)
 
 
+#: the kinds of keys a ``Cluster`` is made of (the first part of a key under ``PREFIX``)
+KINDS = (
+    "config",
+    "servers",
+    "alive",
+    "commpaths",
+    "paths",
+    "resources",
+    "deps",
+    "intent",
+    "serverpolicy",
+    "stopped",
+    "confirm",
+    "owner",
+    "state",
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One key of the store, parsed: its ``kind``, its ``name`` in the ``Cluster`` mapping of
+    that kind (a tag, a server, ``(server, tag)`` for states...), and the model ``entry``:
+
+    ==============  =====================  ==============================================
+    kind            name                   entry
+    ==============  =====================  ==============================================
+    config          ``""``                 the key's mod revision (``int``)
+    servers         server                 ``ServerRecord``
+    alive           server                 ``(AliveRecord, mod revision)``
+    commpaths       path id                ``CommPath``
+    paths           ``server/path id``     ``PathObservation``
+    resources       tag                    ``Resource``
+    deps            ``parent/child``       ``Dependency``
+    intent          tag                    ``Intent``
+    serverpolicy    server                 ``ServerPolicy``
+    stopped         server                 ``StopMode``
+    confirm         hierarchy              ``Confirmation``
+    owner           tag                    ``Ownership``
+    state           ``(server, tag)``      ``Observed``
+    ==============  =====================  ==============================================
+    """
+
+    kind: str
+    name: Hashable
+    entry: Any
+
+
+def parse_item(full_key: str, value: bytes, create_revision: int, mod_revision: int) -> Item | None:
+    """Parse one key of a snapshot or a watch. None for keys outside ``PREFIX``, of a kind
+    this version does not know (a newer writer's, or the event log of an older version
+    under ``/vigil/events/``), or whose value is malformed."""
+    if not full_key.startswith(PREFIX):
+        return None
+    kind, _, rest = full_key[len(PREFIX) :].partition("/")
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        return None
+    try:
+        name, entry = parse(rest, value, create_revision, mod_revision)
+    except (ValueError, ValidationError):
+        return None
+    return Item(kind, name, entry)
+
+
+_Parsed = tuple[Hashable, Any]
+
+
+def _config(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return "", mod
+
+
+def _server(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return rest, _load(ServerRecord, value)
+
+
+def _alive(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return rest, (_load(AliveRecord, value), mod)
+
+
+def _comm_path(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    r = _load(CommPathRecord, value)
+    path = CommPath(
+        r.server_a, r.address_a, r.server_b, r.address_b, r.heartbeat_interval, r.max_missed
+    )
+    return rest, path
+
+
+def _path(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    server, _, path_id = rest.partition("/")
+    p = _load(PathRecord, value)
+    return rest, PathObservation(path_id, server, p.state, p.last_heartbeat)
+
+
+def _resource(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return rest, _load(ResourceRecord, value).to_model()
+
+
+def _dependency(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    parent, _, child = rest.partition("/")
+    return rest, Dependency(parent, child)
+
+
+def _intent(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    i = _load(IntentRecord, value)
+    return rest, Intent(rest, i.server, mod, i.reason, i.origin, tuple(i.tried))
+
+
+def _server_policy(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    values = _load(ServerPolicyRecord, value).policy
+    return rest, parse_policy(ServerPolicy, values, rest)
+
+
+def _stopped(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return rest, _load(StoppedRecord, value).mode
+
+
+def _confirm(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    c = _load(ConfirmRecord, value)
+    return rest, Confirmation(rest, c.target, c.origin, c.since, c.decision)
+
+
+def _owner(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    return rest, Ownership(rest, _load(OwnerRecord, value).server, create)
+
+
+def _state(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    server, _, tag = rest.partition("/")
+    s = _load(StateRecord, value)
+    return (server, tag), Observed(tag, server, s.state, s.reason, s.since, s.intent_revision)
+
+
+_PARSERS: dict[str, Callable[[str, bytes, int, int], _Parsed]] = {
+    "config": _config,
+    "servers": _server,
+    "alive": _alive,
+    "commpaths": _comm_path,
+    "paths": _path,
+    "resources": _resource,
+    "deps": _dependency,
+    "intent": _intent,
+    "serverpolicy": _server_policy,
+    "stopped": _stopped,
+    "confirm": _confirm,
+    "owner": _owner,
+    "state": _state,
+}
+
+
 def cluster_from_snapshot(revision: int, items: list[tuple[str, bytes, int, int]]) -> Cluster:
     """Build a ``Cluster`` from ``(key, value, create_revision, mod_revision)`` tuples read at
     ``revision`` under ``PREFIX``. Unknown keys and malformed values are skipped (a newer
-    writer may have added keys this version does not know)."""
-    servers: dict[str, ServerRecord] = {}
-    alive: dict[str, AliveRecord] = {}
-    heartbeats: dict[str, int] = {}
-    paths: list[CommPath] = []
-    path_obs: list[PathObservation] = []
-    resources: dict[str, Resource] = {}
-    deps: set[Dependency] = set()
-    intents: dict[str, Intent] = {}
-    owners: dict[str, Ownership] = {}
-    observed: dict[tuple[str, str], Observed] = {}
-    config_revision = 0
-    server_policies: dict[str, ServerPolicy] = {}
-    stopped: dict[str, StopMode] = {}
-    confirmations: dict[str, Confirmation] = {}
-    for full_key, value, create_rev, mod_rev in items:
-        if not full_key.startswith(PREFIX):
-            continue
-        kind, _, rest = full_key[len(PREFIX) :].partition("/")
-        try:
-            if kind == "config":
-                config_revision = mod_rev
-            elif kind == "servers":
-                servers[rest] = _load(ServerRecord, value)
-            elif kind == "alive":
-                alive[rest] = _load(AliveRecord, value)
-                heartbeats[rest] = mod_rev
-            elif kind == "commpaths":
-                r = _load(CommPathRecord, value)
-                paths.append(
-                    CommPath(
-                        r.server_a,
-                        r.address_a,
-                        r.server_b,
-                        r.address_b,
-                        r.heartbeat_interval,
-                        r.max_missed,
-                    )
-                )
-            elif kind == "paths":
-                server, _, path_id = rest.partition("/")
-                p = _load(PathRecord, value)
-                path_obs.append(PathObservation(path_id, server, p.state, p.last_heartbeat))
-            elif kind == "resources":
-                resources[rest] = _load(ResourceRecord, value).to_model()
-            elif kind == "deps":
-                parent, _, child = rest.partition("/")
-                deps.add(Dependency(parent, child))
-            elif kind == "intent":
-                i = _load(IntentRecord, value)
-                intents[rest] = Intent(rest, i.server, mod_rev, i.reason, i.origin, tuple(i.tried))
-            elif kind == "serverpolicy":
-                values = _load(ServerPolicyRecord, value).policy
-                server_policies[rest] = parse_policy(ServerPolicy, values, rest)
-            elif kind == "stopped":
-                stopped[rest] = _load(StoppedRecord, value).mode
-            elif kind == "confirm":
-                c = _load(ConfirmRecord, value)
-                confirmations[rest] = Confirmation(rest, c.target, c.origin, c.since, c.decision)
-            elif kind == "owner":
-                o = _load(OwnerRecord, value)
-                owners[rest] = Ownership(rest, o.server, create_rev)
-            elif kind == "state":
-                server, _, tag = rest.partition("/")
-                s = _load(StateRecord, value)
-                observed[(server, tag)] = Observed(
-                    tag, server, s.state, s.reason, s.since, s.intent_revision
-                )
-        except (ValueError, ValidationError):
-            continue
-    server_models = {
-        name: Server(
-            name=name,
-            api_url=record.api_url,
-            addresses=tuple(record.addresses),
-            alive=name in alive,
-            maintenance=alive[name].maintenance if name in alive else False,
-            heartbeat=heartbeats.get(name, 0),
-            ttl=alive[name].ttl if name in alive else 0.0,
-        )
-        for name, record in servers.items()
-    }
-    return Cluster(
-        revision=revision,
-        servers=server_models,
-        comm_paths=tuple(sorted(paths, key=lambda p: p.id)),
-        resources=resources,
-        dependencies=frozenset(d for d in deps if d.parent in resources and d.child in resources),
-        intents=intents,
-        owners=owners,
-        observed=observed,
-        path_observations=tuple(path_obs),
-        config_revision=config_revision,
-        server_policies=server_policies,
-        stopped=stopped,
-        confirmations=confirmations,
-    )
+    writer may have added keys this version does not know). ``parse_item`` for each key,
+    then ``assembly.ClusterBuilder`` puts them together."""
+    from vigil.model.assembly import ClusterBuilder  # it builds on this module's parsers
+
+    builder = ClusterBuilder()
+    for full_key, value, create_revision, mod_revision in items:
+        builder.put(full_key, value, mod_revision, create_revision)
+    return builder.build(revision)
