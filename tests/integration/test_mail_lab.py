@@ -1,7 +1,7 @@
 """The lab's mail organisation (``Lab.add_mail_org``), with real slapd, Postfix and Dovecot.
 
 One lab of two servers (no agents: nothing of vigil touches the mail services here) for
-the module, lab ``tmail`` on 10.213.50.0/24. The tests run in order and build on each
+the module, lab ``tmail`` on 10.213.64.0/24. The tests run in order and build on each
 other: the organisation is built; the directory, the servers' private configurations
 and the shared disk are checked; Postfix and Dovecot are started by hand on node1 and
 mail goes from a lab client through the front-end (Postfix relay, routing by mailHost)
@@ -50,7 +50,7 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab("tmail", subnet_index=50)
+    lab = Lab("tmail", subnet_index=64)
     lab.down()
     try:
         lab.up(2, start_agents=False)
@@ -133,7 +133,7 @@ def test_built_quickly_with_passwords_only_in_private_files(lab: Lab, org: MailO
     assert TIMINGS["add_mail_org"] < BUILD_BUDGET
     assert len(org.users) == USERS and org.users[0].name == "user001"
     assert org.probe_user.address == "vigil-probe@lab.example"
-    assert org.home_value("node1") == "10.213.50.1" and org.home_value("node2") == "10.213.50.2"
+    assert org.home_value("node1") == "10.213.64.1" and org.home_value("node2") == "10.213.64.2"
     state = lab.names.state_file.read_text()
     secrets = [org.directory.admin_password, org.directory.bind_password]
     secrets += [user.password for user in (*org.users, org.probe_user)]
@@ -340,7 +340,7 @@ def test_down_leaves_nothing(lab: Lab, org: MailOrgInfo) -> None:
 def test_down_after_a_crash_finds_everything_by_its_names() -> None:
     """A lab whose state file is gone (its builder crashed): slapd, the front-end, the
     mail services running on node1 over the mounted store are found by the lab's names."""
-    lab = Lab("tmail", subnet_index=50)
+    lab = Lab("tmail", subnet_index=64)
     lab.down()
     try:
         lab.up(2, start_agents=False)
@@ -350,7 +350,7 @@ def test_down_after_a_crash_finds_everything_by_its_names() -> None:
         keys = _ns_keys(lab)
         assert len(_live_pids_in(keys)) > 10  # slapd, both front-end daemons, node1's
         lab.names.state_file.unlink()
-        Lab("tmail", subnet_index=50).down()
+        Lab("tmail", subnet_index=64).down()
         assert _live_pids_in(keys) == []
         losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
         assert str(lab.names.root) not in losetup

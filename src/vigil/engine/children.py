@@ -51,10 +51,16 @@ def add_children(
     dependencies = set(change.dependencies)
     created: list[str] = []
     adopted: list[str] = []
+    refusals: list[ValidationError] = []
     for request in requests:
-        existing = _existing(cluster, request, server)
+        try:
+            existing = _existing(cluster, request, server)
+            if existing is not None:
+                _check_adoptable(cluster, existing, parent, server)
+        except ValidationError as exc:
+            refusals.append(exc)  # every refused child is named, not only the first
+            continue
         if existing is not None:
-            _check_adoptable(cluster, existing, parent, server)
             tag = existing.tag
             adopted.append(tag)
             for member in cluster.hierarchy(tag).tags:
@@ -73,6 +79,9 @@ def add_children(
             intents[tag] = server
             created.append(tag)
         dependencies.add(Dependency(parent, tag))
+    if refusals:
+        problems = [str(exc) for exc in refusals]
+        raise type(refusals[0])(problems[0], problems)
     parts = [change.summary]
     if created:
         parts.append(f"created {', '.join(created)} below it")

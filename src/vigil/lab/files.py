@@ -194,10 +194,12 @@ def write_agent_config(
     tokens_file: Path,
     log_file: Path,
     lease: LeaseSettings | None = None,
+    secrets_key_file: Path | None = None,
 ) -> None:
     """Write one agent's configuration and check that the agent would accept it.
 
-    ``lease``: a ``[lease]`` table with these settings (none: the agent's defaults)."""
+    ``lease``: a ``[lease]`` table with these settings (none: the agent's defaults);
+    ``secrets_key_file``: the cluster key that seals secret properties in the store."""
     text = (
         f"# vigil agent of lab server {server}\n"
         f"server = {_toml_str(server)}\n"
@@ -206,10 +208,10 @@ def write_agent_config(
         f"tokens_file = {_toml_str(str(tokens_file))}\n"
         f"addresses = {_toml_list([address])}\n"
         f"log_file = {_toml_str(str(log_file))}\n"
-        "\n[api]\n"
-        f"listen = {_toml_str(address)}\n"
-        f"port = {port}\n"
     )
+    if secrets_key_file is not None:
+        text += f"secrets_key_file = {_toml_str(str(secrets_key_file))}\n"
+    text += f"\n[api]\nlisten = {_toml_str(address)}\nport = {port}\n"
     if lease is not None:
         text += "\n[lease]\n" + "".join(
             f"{field} = {json.dumps(value)}\n" for field, value in lease.model_dump().items()

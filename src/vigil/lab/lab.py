@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vigil.agent.config import LeaseSettings
+from vigil.agent.secrets import generate_key_file
 from vigil.errors import LabError
 from vigil.lab import (
     agents,
@@ -174,6 +175,7 @@ class Lab:
         names = self.names
         names.root.mkdir(mode=0o755, parents=True)
         tokens = files.write_tokens(names.tokens_file)
+        generate_key_file(names.secrets_key_file)
         members = etcd.member_names(store_members)
         state = files.LabState(
             name=names.name,
@@ -229,6 +231,7 @@ class Lab:
             state_dir=state_dir,
             tokens_file=names.tokens_file,
             log_file=names.server_dir(server) / "agent.log",
+            secrets_key_file=names.secrets_key_file,
             lease=lease,
         )
 

@@ -145,6 +145,11 @@ class LabNames:
         return self.root / "lab.json"
 
     @property
+    def secrets_key_file(self) -> Path:
+        """The lab's cluster key: it seals the secret properties in the store."""
+        return self.root / "cluster.key"
+
+    @property
     def tokens_file(self) -> Path:
         return self.root / "tokens.toml"
 

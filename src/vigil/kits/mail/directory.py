@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 #: seconds to open a connection to one directory server
-CONNECT_TIMEOUT = 3.0
-#: seconds to wait for one answer
-RECEIVE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3
+#: seconds to wait for one answer (ldap3 wants an int: a float fails at connect)
+RECEIVE_TIMEOUT = 10
 #: users read per page of the search
 PAGE_SIZE = 500
 #: connections that modify users in parallel, and users per batch

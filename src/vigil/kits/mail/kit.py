@@ -212,6 +212,7 @@ class MailKit(Kit):
             return quick
         result = await self._round_trip(props, self._services(ctx)[0].endpoint)
         if result.ok:
+            ctx.log.info("%s: deep check: %s", ctx.tag, result.detail)
             return Check.running(result.detail)
         if result.directory:
             return Check.running(

@@ -19,9 +19,10 @@ import contextlib
 import json
 import os
 import smtplib
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from vigil.kits.base import KitContext
 from vigil.kits.mail import directory
@@ -36,6 +37,10 @@ RETRY_FIRST = 2.0
 RETRY_MAX = 60.0
 #: seconds one ETRN may take
 ETRN_TIMEOUT = 10.0
+#: Postfix's queue manager keeps the route of the recipient it resolved last for 30 s
+#: (hard-coded in resolve_clnt.c): a message for that recipient goes to the old home once
+#: more on the first ETRN; a second ETRN after this long sends it to the new one
+ROUTE_CACHE = 31.0
 
 
 def home_values(ctx: KitContext, props: MailProperties) -> tuple[str, list[str]]:
@@ -95,25 +100,34 @@ class Rehomer:
         self._retries: dict[str, asyncio.Task[None]] = {}
 
     async def on_restore(self, ctx: KitContext, props: MailProperties) -> None:
-        """Move the users here (server mode), then flush the front-ends. Never raises for
-        a directory problem: it is logged, recorded and retried in the background."""
+        """Move the users here (server mode), then flush the front-ends (now, and once more
+        after their route cache expired). Never raises for a directory problem: it is
+        logged, recorded and retried in the background."""
         self.cancel(ctx.tag)
         if props.home_mode is HomeMode.SERVICE:
             await self._flush(ctx, props)
+            self._later(ctx.tag, self._flush_again(ctx, props))
             return
         to, away = home_values(ctx, props)
         result = await asyncio.to_thread(directory.rehome, props, to, away)
         await self._record(ctx, props, result, first=True)
         if not result.complete:
-            self._retries[ctx.tag] = asyncio.create_task(
-                self._retry(ctx, props, to, away), name=f"rehome {ctx.tag}"
-            )
+            self._later(ctx.tag, self._retry(ctx, props, to, away))
+        elif props.frontends:
+            self._later(ctx.tag, self._flush_again(ctx, props))
+
+    def _later(self, tag: str, work: Coroutine[Any, Any, None]) -> None:
+        self._retries[tag] = asyncio.create_task(work, name=f"mail users {tag}")
 
     def cancel(self, tag: str) -> None:
-        """Stop the background retry of ``tag`` (the hierarchy leaves this server)."""
+        """Stop the background work of ``tag`` (the hierarchy leaves this server)."""
         task = self._retries.pop(tag, None)
         if task is not None:
             task.cancel()
+
+    async def _flush_again(self, ctx: KitContext, props: MailProperties) -> None:
+        await asyncio.sleep(ROUTE_CACHE)
+        await self._flush(ctx, props)
 
     def retrying(self, tag: str) -> bool:
         task = self._retries.get(tag)
@@ -128,6 +142,7 @@ class Rehomer:
             result = await asyncio.to_thread(directory.rehome, props, to, away)
             await self._record(ctx, props, result, first=False)
             if result.complete:
+                await self._flush_again(ctx, props)
                 return
             delay = min(delay * 2, RETRY_MAX)
 

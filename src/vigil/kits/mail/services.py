@@ -198,13 +198,23 @@ class Service:
         return f"; last lines of {path}:\n  " + "\n  ".join(lines) if lines else ""
 
     async def _command(self, ctx: KitContext, argv: list[str] | str, what: str) -> None:
+        """Run a start or stop command in the resource's cgroup. Its output goes to a file
+        in the resource's state directory, not to a pipe: a daemon it starts would inherit
+        the pipe, and the command would be waited for as long as the pipe is open."""
+        await asyncio.to_thread(ctx.state_dir.mkdir, parents=True, exist_ok=True)
+        out = ctx.state_dir / f"{what.replace(' ', '-')}.out"
+        if isinstance(argv, str):
+            command = ["/bin/sh", "-c", f'exec >"$0" 2>&1\n{argv}', str(out)]
+        else:
+            command = ["/bin/sh", "-c", 'exec "$@" >"$0" 2>&1', str(out), *argv]
         result = await run_command(
-            argv, log=ctx.log, timeout=COMMAND_TIMEOUT, cgroup=ctx.cgroup,
-            shell=isinstance(argv, str), name=f"{ctx.tag} {what}",
+            command, log=ctx.log, timeout=COMMAND_TIMEOUT, cgroup=ctx.cgroup,
+            name=f"{ctx.tag} {what}",
         )  # fmt: skip
         if not result.ok:
+            said = await asyncio.to_thread(_tail, out)
             raise KitError(
-                f"{what} {result.describe_exit()}: {result.last_line}{self._log_tail()}",
+                f"{what} {result.describe_exit()}{': ' + said if said else ''}{self._log_tail()}",
                 Severity.HARD,
             )
 
@@ -272,13 +282,13 @@ class Dovecot(Service):
         await self._command(ctx, ["dovecot", "-c", self.props.dovecot_config], "dovecot start")
 
     async def _stop(self, ctx: KitContext, force: bool) -> None:
-        if force:
-            _kill(self.pid())
-            return
-        with contextlib.suppress(KitError):
-            await self._command(
-                ctx, ["dovecot", "-c", self.props.dovecot_config, "stop"], "dovecot stop"
-            )
+        # a signal to the master, not `dovecot stop`: that command waits until the master's
+        # pid is gone, and an exited master stays a zombie until its parent (the agent, a
+        # subreaper) reaps it, up to seconds later; a zombie serves nothing
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
 
 
 class Command(Service):
@@ -339,6 +349,15 @@ def _lmtp_target(transport: str) -> tuple[str | None, int, str | None] | None:
     if host and port.isdigit():
         return host.strip("[]"), int(port), None
     return None
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    """The last lines a command wrote to ``path``, on one line ("" if none)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " / ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
 
 def _read_pid(path: Path) -> int | None:

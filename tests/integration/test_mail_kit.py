@@ -1,0 +1,396 @@
+"""The mail kit in a lab with real slapd, Postfix and Dovecot (one lab for the module).
+
+The module walks through the seed's chapters in order: create (its refusals first, each
+with its message and nothing changed), extend (differences listed, then fixed), mail
+before, during and after a switchover and a failover (none lost, none twice), local
+recovery of one service, the directory's duties (users follow, a directory outage is
+logged and retried), the utilities, Services Config and Manage User, and delete.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.faults.cluster import Cluster, wait_until
+from tests.mail_lab import (
+    TAG,
+    VIP_TAG,
+    MailTraffic,
+    create_vip,
+    mail_cluster,
+    mail_properties,
+    wait_in_service,
+)
+from vigil.lab.mail import MailOrgInfo
+
+pytestmark = pytest.mark.lab
+
+POSTFIX = "/etc/vigil-mail/postfix"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[Cluster, MailOrgInfo]]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    with mail_cluster("tmk", 62) as built:
+        yield built
+
+
+def tags(cluster: Cluster) -> set[str]:
+    return {r["tag"] for h in cluster.status()["hierarchies"] for r in h["resources"]}
+
+
+def refused(cluster: Cluster, body: dict[str, Any], match: str) -> str:
+    """POST a create that must be refused (400/409) with ``match`` in its message, and
+    leave the configuration as it was."""
+    before = tags(cluster)
+    answer = cluster.request("POST", "/v1/resources", body)
+    assert answer.status_code in (400, 409), answer.text
+    message = answer.json()["error"] + " " + " ".join(answer.json()["problems"])
+    assert match in message, message
+    assert tags(cluster) == before
+    return message
+
+
+def mail_body(org: MailOrgInfo, **extra: object) -> dict[str, Any]:
+    props = mail_properties(org, **extra)
+    return {"tag": TAG, "kit": "mail", "server": "node1", "properties": props}
+
+
+def postconf(cluster: Cluster, server: str, *settings: str) -> None:
+    cluster.lab.exec(server, ["postconf", "-c", POSTFIX, "-e", *settings], check=True)
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+def test_create_refuses_a_queue_on_the_system_filesystem(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    queue = "/var/tmp/vigil-tmk-queue"
+    cluster.lab.exec("node1", ["mkdir", "-p", queue], check=True)
+    postconf(cluster, "node1", f"queue_directory = {queue}")
+    try:
+        message = refused(cluster, mail_body(org), "the Postfix queue (queue_directory)")
+        assert "system filesystem" in message and "vigil mail set-queue-path" in message
+    finally:
+        postconf(cluster, "node1", f"queue_directory = {org.queue_dir}")
+        cluster.lab.exec("node1", ["rmdir", queue])
+
+
+def test_create_refuses_a_service_enabled_at_boot(lab: tuple[Cluster, MailOrgInfo]) -> None:
+    cluster, org = lab
+    subprocess.run(["systemctl", "enable", "postfix"], check=True, capture_output=True)
+    try:
+        message = refused(cluster, mail_body(org), "enabled at boot")
+        assert "systemctl disable postfix" in message
+    finally:
+        subprocess.run(["systemctl", "disable", "postfix"], check=True, capture_output=True)
+
+
+def test_create_refuses_an_account_the_directory_refuses(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    message = refused(cluster, mail_body(org, bind_password="wrong"), org.directory.bind_dn)
+    assert org.directory.bind_password not in message
+
+
+def test_create_refuses_a_volume_of_another_hierarchy_and_an_unknown_address(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    volume = {
+        "device": org.disk.device("node1"), "mount_point": str(org.mail_root),
+        "filesystem_uuid": org.disk.uuid,
+    }  # fmt: skip
+    cluster.ok("POST", "/v1/resources", {"tag": "store", "kit": "volume", "server": "node1",
+                                          "properties": volume})  # fmt: skip
+    app = {"restore": "true", "remove": "true", "quick_check": "true"}
+    cluster.ok("POST", "/v1/resources", {"tag": "other", "kit": "app", "server": "node1",
+                                          "properties": app})  # fmt: skip
+    cluster.ok("POST", "/v1/dependencies", {"parent": "other", "child": "store"})
+    refused(cluster, mail_body(org), "store (volume) belongs to hierarchy other")
+    refused(cluster, mail_body(org, ip_resource="nope"), "no resource 'nope'")
+    # the volume alone is free again: the mail resource adopts it instead of a new one
+    cluster.ok("DELETE", "/v1/dependencies/other/store")
+    cluster.ok("DELETE", "/v1/hierarchies/other")
+
+
+def test_create_protects_the_mail_service_with_its_volume_and_address(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    create_vip(cluster)
+    created = cluster.ok("POST", "/v1/resources", mail_body(org, ip_resource=VIP_TAG))
+    assert "store, mail-ip now below it" in created["summary"]
+    view = cluster.hierarchy(TAG)
+    assert {r["tag"]: r["kit"] for r in view["resources"]} == {
+        "mail": "mail", "mail-ip": "ip", "store": "volume",
+    }  # fmt: skip
+    wait_in_service(cluster, "node1")
+    shown = cluster.ok("GET", f"/v1/resources/{TAG}")
+    assert shown["properties"]["bind_password"] == "********"
+    assert shown["server_properties"]["node1"]["home_server"] == org.home_value("node1")
+    assert shown["properties"]["expected_settings"]["postfix:queue_directory"] == str(org.queue_dir)
+    traffic = MailTraffic(org, org.users[:3])
+    for _ in range(3):
+        assert traffic.send_one("after create")
+    delivered = traffic.settle(60)
+    assert delivered.lost == 0 and delivered.duplicates == 0, delivered
+
+
+def test_the_password_is_sealed_in_the_store(lab: tuple[Cluster, MailOrgInfo]) -> None:
+    cluster, org = lab
+    import sqlite3
+
+    with sqlite3.connect(cluster.root / "store.db") as db:
+        (value,) = db.execute("SELECT value FROM kv WHERE key = '/vigil/resources/mail'").fetchone()
+    assert org.directory.bind_password.encode() not in value
+    assert b"vigil-sealed:v1:" in value
+
+
+# --- extend --------------------------------------------------------------------------------
+
+
+def test_extend_lists_the_differences_and_fix_makes_them(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    postconf(cluster, "node2", "virtual_transport = lmtp:unix:/tmp/elsewhere")
+    conf = str(org.dovecot_conf)
+    cluster.lab.exec("node2", ["sh", "-c", f"echo 'mail_uid = 5001' >> {conf}"], check=True)
+    body = {"server": "node2", "priority": 10,
+            "properties": {"store": {"device": org.disk.device("node2")}}}  # fmt: skip
+    answer = cluster.request("POST", f"/v1/hierarchies/{TAG}/extend", body)
+    assert answer.status_code == 400, answer.text
+    problems = " ".join(answer.json()["problems"])
+    assert "change postfix:virtual_transport from 'lmtp:unix:/tmp/elsewhere'" in problems
+    assert "change dovecot:mail_uid from '5001'" in problems
+    assert "extend with --fix" in problems
+    assert "node2" not in cluster.instances(TAG)
+    fixed = cluster.ok("POST", f"/v1/hierarchies/{TAG}/extend", {**body, "fix": True})
+    assert "postconf -e" in fixed["detail"] and "dovecot" in fixed["detail"]
+    assert cluster.states(TAG)["node2"] == "OSU" or "node2" in cluster.instances(TAG)
+    shown = {
+        server: cluster.lab.exec(
+            server, ["doveconf", "-c", conf, "-h", "mail_uid"], capture_output=True, text=True
+        ).stdout
+        for server in ("node1", "node2")
+    }
+    assert shown["node2"] == shown["node1"]
+    body3 = {"server": "node3", "priority": 20,
+             "properties": {"store": {"device": org.disk.device("node3")}}}  # fmt: skip
+    cluster.ok("POST", f"/v1/hierarchies/{TAG}/extend", body3)
+    homes = cluster.ok("GET", f"/v1/resources/{TAG}")["server_properties"]
+    assert {s: p["home_server"] for s, p in homes.items()} == {
+        s: org.home_value(s) for s in ("node1", "node2", "node3")
+    }
+
+
+# --- switchover, failover -----------------------------------------------------------------
+
+
+def test_switchover_moves_users_and_loses_no_mail(lab: tuple[Cluster, MailOrgInfo]) -> None:
+    cluster, org = lab
+    traffic = MailTraffic(org, org.users[:5])
+    assert traffic.send_one("before")
+    with traffic.running():
+        time.sleep(0.5)
+        cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node2"})
+        time.sleep(0.5)
+    assert traffic.send_one("after")
+    wait_in_service(cluster, "node2")
+    assert set(org.directory.mail_hosts().values()) == {org.home_value("node2")}
+    delivered = traffic.settle(90)
+    assert delivered.lost == 0, delivered.missing
+    assert delivered.duplicates == 0, delivered.duplicated
+    assert delivered.accepted >= 5
+
+
+def test_failover_after_sigkill_of_the_agent_loses_no_mail(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    traffic = MailTraffic(org, org.users[:5])
+    assert traffic.send_one("before")
+    with traffic.running():
+        time.sleep(0.5)
+        cluster.kill_agent("node2")
+        wait_in_service(cluster, "node1")
+    assert traffic.send_one("after")
+    assert set(org.directory.mail_hosts().values()) == {org.home_value("node1")}
+    delivered = traffic.settle(120)
+    assert delivered.lost == 0, delivered.missing
+    assert delivered.duplicates == 0, delivered.duplicated
+    assert "fencing" in cluster.guard_log("node2")
+    cluster.start_agent("node2")
+    cluster.wait_states(TAG, {"node2": "OSU"})
+
+
+# --- checks and local recovery -------------------------------------------------------------
+
+
+def _pid(cluster: Cluster, server: str, path: str) -> int:
+    done = cluster.lab.exec(server, ["cat", path], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip())
+
+
+def test_a_failed_service_is_restarted_alone(lab: tuple[Cluster, MailOrgInfo]) -> None:
+    cluster, org = lab
+    cluster.resource_policy(TAG, quick_check_interval=1)
+    mark = cluster.mark()
+    postfix = _pid(cluster, "node1", f"{org.queue_dir}/pid/master.pid")
+    dovecot = _pid(cluster, "node1", "/run/vigil-mail/dovecot/master.pid")
+    os.kill(dovecot, signal.SIGKILL)
+    cluster.wait_event(mark, "recovered", text=TAG, timeout=60)
+    assert _pid(cluster, "node1", f"{org.queue_dir}/pid/master.pid") == postfix
+    assert _pid(cluster, "node1", "/run/vigil-mail/dovecot/master.pid") != dovecot
+    assert cluster.hierarchy(TAG)["active_server"] == "node1"
+    traffic = MailTraffic(org, org.users[:1])
+    assert traffic.send_one("after recovery")
+    assert traffic.settle(60).lost == 0
+
+
+def test_the_deep_check_sends_a_probe_message_end_to_end(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    mark = cluster.mark()
+    cluster.resource_policy(TAG, deep_check_interval=2)
+    wait_until(
+        lambda: "probe message delivered and read back" in cluster.agent_log("node1"),
+        60,
+        "a deep check's round trip in node1's log",
+    )
+    assert "check-failed" not in cluster.kinds(mark, TAG)
+    probe = org.probe_user
+    assert not [s for _, s in org.fetch("client1", probe) if "probe" in s]  # deleted after
+
+
+# --- the directory's duties ------------------------------------------------------------------
+
+
+def test_a_directory_outage_is_logged_and_retried_until_every_user_is_home(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    mark = cluster.mark()
+    org.directory.stop()
+    try:
+        cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node3"})
+        wait_in_service(cluster, "node3")
+        log = cluster.ok("GET", f"/v1/mail/{TAG}/failed-users")
+        assert log["server"] == "node3"
+        assert log["users"] and log["users"][0]["whole_base"]
+        assert "directory unreachable" in log["users"][0]["reason"]
+        cluster.wait_event(mark, "mail-users-failed", text="no user could be moved")
+    finally:
+        org.directory.start()
+    wait_until(
+        lambda: not cluster.ok("GET", f"/v1/mail/{TAG}/failed-users")["users"],
+        60,
+        "the failed-users log to empty",
+    )
+    assert set(org.directory.mail_hosts().values()) == {org.home_value("node3")}
+    cluster.wait_event(mark, "mail-users-moved", text="every user is home")
+
+
+def test_the_utilities_find_and_move_users_and_refuse_bad_input(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    user = org.users[0]
+    home = cluster.ok("GET", f"/v1/mail/{TAG}/home?user={user.address}")
+    assert home["server"] == "node3" and home["home"] == org.home_value("node3")
+    moved = cluster.ok("POST", f"/v1/mail/{TAG}/move-user", {"user": user.name, "to": "node1"})
+    assert org.home_value("node1") in moved["summary"]
+    assert org.directory.mail_host(user) == org.home_value("node1")
+    for body, code, text in [
+        ({"user": "nobody", "to": "node1"}, 404, "no mail user 'nobody'"),
+        ({"user": user.name, "to": "node9"}, 404, "not extended to node9"),
+    ]:
+        answer = cluster.request("POST", f"/v1/mail/{TAG}/move-user", body)
+        assert answer.status_code == code and text in answer.text, answer.text
+    answer = cluster.request("POST", f"/v1/mail/{TAG}/move-users", {"domain": "a@b"})
+    assert answer.status_code == 400
+    assert org.directory.mail_host(user) == org.home_value("node1")  # nothing changed
+    moved = cluster.ok("POST", f"/v1/mail/{TAG}/move-users", {"domain": org.domain})
+    assert "moved 1 users" in moved["summary"]
+    assert org.directory.mail_host(user) == org.home_value("node3")
+
+
+def test_manage_user_checks_the_account_before_storing_it(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    assert cluster.ok("GET", f"/v1/mail/{TAG}/user")["bind_dn"] == org.directory.bind_dn
+    answer = cluster.request("PUT", f"/v1/mail/{TAG}/user", {"bind_password": "wrong"})
+    assert answer.status_code == 400 and "nothing was changed" in answer.text
+    assert "wrong" not in answer.text
+    done = cluster.ok("PUT", f"/v1/mail/{TAG}/user", {"bind_password": org.directory.bind_password})
+    assert "password changed on every server" in done["summary"]
+
+
+def test_services_config_adds_and_removes_an_optional_service(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, _ = lab
+    answer = cluster.request("POST", f"/v1/mail/{TAG}/services", {"service": {"name": "mystery"}})
+    assert answer.status_code == 400 and "give its start, stop and check" in answer.text
+    answer = cluster.request("POST", f"/v1/mail/{TAG}/services", {"service": {"name": "two words"}})
+    assert answer.status_code == 422
+    pidfile = "/run/vigil-mail/filter.pid"
+    service = {
+        "name": "filter",
+        "start": f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 100000' </dev/null "
+        ">/dev/null 2>&1 &",
+        "stop": f"kill $(cat {pidfile})",
+        "check": f"kill -0 $(cat {pidfile})",
+    }
+    cluster.ok("POST", f"/v1/mail/{TAG}/services", {"service": service})
+    listed = cluster.ok("GET", f"/v1/mail/{TAG}/services")
+    assert all([s["name"] for s in v] == ["filter"] for v in listed.values())
+    # the active server starts it (its check fails, local recovery starts it alone)
+    wait_until(
+        lambda: cluster.lab.exec("node3", ["sh", "-c", service["check"]]).returncode == 0,
+        60,
+        "the optional service running on node3",
+    )
+    cluster.ok("DELETE", f"/v1/mail/{TAG}/services/filter")
+    assert all(v == [] for v in cluster.ok("GET", f"/v1/mail/{TAG}/services").values())
+    cluster.lab.exec("node3", ["sh", "-c", service["stop"]])
+
+
+# --- delete --------------------------------------------------------------------------------
+
+
+def test_delete_on_a_backup_is_refused_until_users_go_back(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    answer = cluster.request("DELETE", f"/v1/hierarchies/{TAG}")
+    assert answer.status_code == 409, answer.text
+    assert "vigil mail failback-users mail" in answer.text
+    assert cluster.hierarchy(TAG)["active_server"] == "node3"
+    back = cluster.ok("POST", f"/v1/mail/{TAG}/failback-users")
+    assert "to node1" in back["summary"] and "in-service mail --on node1" in back["detail"]
+    assert set(org.directory.mail_hosts().values()) == {org.home_value("node1")}
+    cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node1"})
+    wait_in_service(cluster, "node1")
+    cluster.ok("DELETE", f"/v1/hierarchies/{TAG}")
+    assert TAG not in tags(cluster) and VIP_TAG not in tags(cluster)
+    # the services are protected no more: they may start at boot again (SetSvcMode)
+    done = cluster.ok("POST", "/v1/mail/servers/node1/service-mode", {"mode": "auto"})
+    assert "auto start on node1" in done["summary"]
+    enabled = subprocess.run(["systemctl", "is-enabled", "postfix"], capture_output=True, text=True)
+    subprocess.run(["systemctl", "disable", "postfix", "dovecot"], capture_output=True)
+    assert enabled.stdout.strip() == "enabled"
