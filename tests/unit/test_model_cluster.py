@@ -227,3 +227,31 @@ def test_evolve_keeps_what_was_derived_from_the_same_configuration() -> None:
     assert changed.hierarchies is not hierarchies
     plain = replace(cluster, owners={})  # dataclasses.replace derives everything again
     assert plain.hierarchies == hierarchies
+
+
+def test_evolve_derives_again_what_depends_on_a_changed_mapping() -> None:
+    cluster = make_cluster(
+        resources={"app": {"n1": 1, "n2": 10}, "ip": {"n1": 1, "n2": 10}},
+        deps=[("app", "ip")],
+        intents={"app": "n1", "ip": "n1"},
+        owners={"app": "n1", "ip": "n1"},
+        observed={("n1", "app"): InstanceState.ISP, ("n2", "app"): InstanceState.OSU},
+    )
+    (hierarchy,) = cluster.hierarchies
+    assert cluster.intent_revision(hierarchy) == 5
+    assert cluster.owner_of(hierarchy) == {"n1"}
+    assert cluster.hierarchy_servers(hierarchy) == {"n1", "n2"}
+    assert set(cluster.observed_of("app")) == {"n1", "n2"}
+    assert set(cluster.observed_on("n2")) == {"app"}
+    moved = cluster.evolve(
+        intents={**cluster.intents, "ip": Intent("ip", "n2", 9)},
+        owners={"ip": replace(cluster.owners["ip"], server="n2")},
+        observed={("n2", "ip"): Observed("ip", "n2", InstanceState.ISP)},
+    )
+    assert moved.intent_revision(hierarchy) == 9
+    assert moved.owner_of(hierarchy) == {"n2"}
+    assert set(moved.observed_of("app")) == set() and set(moved.observed_on("n2")) == {"ip"}
+    assert moved.hierarchy_servers(hierarchy) == {"n1", "n2"}  # carried: same resources
+    assert cluster.owner_of(hierarchy) == {"n1"}  # the first view is unchanged
+    cluster.owner_of(hierarchy).add("n3")  # a copy: the memo is not touched
+    assert cluster.owner_of(hierarchy) == {"n1"}

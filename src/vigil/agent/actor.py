@@ -318,18 +318,13 @@ class Actor:
                     state=InstanceState.OSU, reason=reason, since=since, intent_revision=revision
                 )
                 ops.append(Put(key("state", self.server, tag), record.dump()))
+        # reports of resources deleted, or no longer extended here and not running here
         stale = [
             tag
-            for (server, tag) in cluster.observed
-            if server == self.server and tag not in cluster.resources
-        ] + [
-            tag
-            for (server, tag) in cluster.observed
-            if server == self.server
-            and tag in cluster.resources
-            and self.server not in cluster.resources[tag].instances
-            and tag not in self.running
+            for tag in cluster.observed_on(self.server)
+            if tag not in cluster.resources
+            or (self.server not in cluster.resources[tag].instances and tag not in self.running)
         ]
-        ops += [Delete(key("state", self.server, tag)) for tag in sorted(set(stale))]
+        ops += [Delete(key("state", self.server, tag)) for tag in sorted(stale)]
         if ops:
             await self.store.txn((), ops)

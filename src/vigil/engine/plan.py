@@ -81,7 +81,7 @@ def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> lis
         if step is not None and step.kind in (StepKind.TAKEOVER, StepKind.CONFIRM):
             # later decisions in this pass see this hierarchy as coming here (N+1 rule)
             intents = {t: Intent(t, me, cluster.intent_revision(hierarchy)) for t in hierarchy.tags}
-            view = replace(view, intents={**view.intents, **intents})
+            view = view.evolve(intents={**view.intents, **intents})
     orphans = local.running - set(cluster.resources)
     if orphans:
         steps.append(
@@ -104,8 +104,13 @@ def _decide_hierarchy(
     wanted = cluster.intended_server(hierarchy)
     revision = cluster.intent_revision(hierarchy)
     running = tags & local.running
-    mine = frozenset(t for t in tags if t in cluster.owners and cluster.owners[t].server == me)
-    others = sorted(cluster.owner_of(hierarchy) - {me})
+    owners = cluster.owner_of(hierarchy)
+    mine = (
+        frozenset(t for t in tags if t in cluster.owners and cluster.owners[t].server == me)
+        if me in owners
+        else frozenset()
+    )
+    others = sorted(owners - {me})
     name = hierarchy.name
     if wanted == me and me in cluster.hierarchy_servers(hierarchy):
         if local.failed.get(name) == revision:

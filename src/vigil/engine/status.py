@@ -21,7 +21,7 @@ class HierarchyView:
 def in_service_servers(cluster: Cluster, hierarchy: Hierarchy) -> list[str]:
     """Servers on which any resource of the hierarchy is reported in service."""
     servers = cluster.hierarchy_servers(hierarchy) | {
-        server for (server, tag) in cluster.observed if tag in hierarchy.tags
+        server for tag in hierarchy.tags for server in cluster.observed_of(tag)
     }
     return sorted(
         server

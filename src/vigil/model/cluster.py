@@ -182,20 +182,26 @@ class Hierarchy:
     tags: frozenset[str]
     roots: tuple[str, ...]
 
-    @property
+    @cached_property
     def name(self) -> str:
         return self.roots[0] if self.roots else min(self.tags)
 
 
-#: what ``Cluster`` derives from its resources and dependencies alone (``Cluster.evolve``)
-_TOPOLOGY = (
-    "edges",
-    "_children",
-    "_parents",
-    "hierarchies",
-    "_hierarchy_of",
-    "_hierarchy_policies",
-)
+#: what a ``Cluster`` derives (its cached properties), and the fields each is derived from:
+#: ``Cluster.evolve`` carries it to a copy whose fields are those very objects
+_DERIVED: dict[str, tuple[str, ...]] = {
+    "edges": ("dependencies",),
+    "_children": ("dependencies",),
+    "_parents": ("dependencies",),
+    "hierarchies": ("resources", "dependencies"),
+    "_hierarchy_of": ("resources", "dependencies"),
+    "_hierarchy_policies": ("resources",),
+    "_hierarchy_servers": ("resources",),
+    "_intent_revisions": ("intents",),
+    "_owners_of": ("owners",),
+    "_observed_by_server": ("observed",),
+    "_observed_by_tag": ("observed",),
+}
 
 
 @dataclass(frozen=True)
@@ -221,16 +227,17 @@ class Cluster:
     confirmations: Mapping[str, Confirmation] = field(default_factory=dict)
 
     def evolve(self, **changes: object) -> Cluster:
-        """A copy with ``changes`` (as ``dataclasses.replace``). What was derived from the
-        resources and dependencies alone (hierarchies, the dependency indexes, hierarchy
-        policies) is carried over when the copy has the very same ``resources`` and
-        ``dependencies`` objects, so a new view of the same configuration (another
-        heartbeat, another state) does not compute them again."""
+        """A copy with ``changes`` (as ``dataclasses.replace``). What this view derived
+        (hierarchies, indexes, parsed policies...) is carried over wherever the copy has
+        the very same objects it was derived from, so a new view that shares most of its
+        mappings with this one (another heartbeat, another state) does not derive it
+        again. Mappings are never changed in place: a changed one is a new object."""
         copy = replace(self, **changes)  # type: ignore[arg-type]
-        if copy.resources is self.resources and copy.dependencies is self.dependencies:
-            for name in _TOPOLOGY:
-                if name in self.__dict__:
-                    copy.__dict__[name] = self.__dict__[name]
+        for name, sources in _DERIVED.items():
+            if name in self.__dict__ and all(
+                getattr(copy, source) is getattr(self, source) for source in sources
+            ):
+                copy.__dict__[name] = self.__dict__[name]
         return copy
 
     @cached_property
@@ -276,10 +283,19 @@ class Cluster:
         """The hierarchy ``tag`` belongs to. KeyError when the tag is unknown."""
         return self._hierarchy_of[tag]
 
+    @cached_property
+    def _hierarchy_servers(self) -> dict[frozenset[str], frozenset[str]]:
+        """Hierarchy tags -> the servers all of them are extended to, filled as asked."""
+        return {}
+
     def hierarchy_servers(self, hierarchy: Hierarchy) -> set[str]:
         """Servers every resource of the hierarchy is extended to."""
-        sets = [set(self.resources[tag].instances) for tag in hierarchy.tags]
-        return set.intersection(*sets) if sets else set()
+        known = self._hierarchy_servers.get(hierarchy.tags)
+        if known is None:
+            sets = [set(self.resources[tag].instances) for tag in hierarchy.tags]
+            known = frozenset(set.intersection(*sets) if sets else ())
+            self._hierarchy_servers[hierarchy.tags] = known
+        return set(known)
 
     def comm_paths_between(self, one: str, other: str) -> list[CommPath]:
         return [path for path in self.comm_paths if path.joins(one, other)]
@@ -289,14 +305,53 @@ class Cluster:
         intent = self.intents.get(hierarchy.name)
         return intent.server if intent else None
 
+    @cached_property
+    def _intent_revisions(self) -> dict[frozenset[str], int]:
+        """Hierarchy tags -> their newest intent revision, filled as asked."""
+        return {}
+
     def intent_revision(self, hierarchy: Hierarchy) -> int:
         """The newest intent revision among the hierarchy's resources."""
-        revisions = [self.intents[t].revision for t in hierarchy.tags if t in self.intents]
-        return max(revisions, default=0)
+        known = self._intent_revisions.get(hierarchy.tags)
+        if known is None:
+            revisions = [self.intents[t].revision for t in hierarchy.tags if t in self.intents]
+            known = self._intent_revisions[hierarchy.tags] = max(revisions, default=0)
+        return known
+
+    @cached_property
+    def _owners_of(self) -> dict[frozenset[str], frozenset[str]]:
+        """Hierarchy tags -> the servers owning some of them, filled as asked."""
+        return {}
 
     def owner_of(self, hierarchy: Hierarchy) -> set[str]:
         """Servers that own at least one resource of the hierarchy (normally 0 or 1)."""
-        return {self.owners[tag].server for tag in hierarchy.tags if tag in self.owners}
+        known = self._owners_of.get(hierarchy.tags)
+        if known is None:
+            known = frozenset(self.owners[t].server for t in hierarchy.tags if t in self.owners)
+            self._owners_of[hierarchy.tags] = known
+        return set(known)
+
+    @cached_property
+    def _observed_by_server(self) -> dict[str, dict[str, Observed]]:
+        found: dict[str, dict[str, Observed]] = {}
+        for (server, tag), observed in self.observed.items():
+            found.setdefault(server, {})[tag] = observed
+        return found
+
+    def observed_on(self, server: str) -> Mapping[str, Observed]:
+        """What the agent of ``server`` reported, by tag."""
+        return self._observed_by_server.get(server, {})
+
+    @cached_property
+    def _observed_by_tag(self) -> dict[str, dict[str, Observed]]:
+        found: dict[str, dict[str, Observed]] = {}
+        for (server, tag), observed in self.observed.items():
+            found.setdefault(tag, {})[server] = observed
+        return found
+
+    def observed_of(self, tag: str) -> Mapping[str, Observed]:
+        """What the agents reported for ``tag``, by server."""
+        return self._observed_by_tag.get(tag, {})
 
     def server_policy(self, server: str) -> ServerPolicy:
         return self.server_policies.get(server, ServerPolicy())
