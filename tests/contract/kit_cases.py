@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -365,3 +366,96 @@ def volume_case(workdir: Path) -> KitEnvironment:
 
 
 CASES.append(KitCase("volume", volume_case, marks=(pytest.mark.lab,)))
+
+
+# --- mail: Postfix and Dovecot in a lab server, users in the lab's directory ------------
+
+
+class ServerLoop(ThreadLoop):
+    """An event loop on a thread inside a lab server: its network namespace and its own
+    mount namespace (where its mail configuration and mail store are)."""
+
+    def __init__(self, netns_path: Path, mount_ns: Path) -> None:
+        self.paths = (netns_path, mount_ns)
+        super().__init__(f"lab server {netns_path.name}")
+
+    def _enter(self) -> None:
+        c = libc()
+        libc_check(c.unshare(CLONE_FS), "unshare(CLONE_FS)")  # setns(mnt) needs its own fs
+        for path, kind in zip(self.paths, (CLONE_NEWNET, CLONE_NEWNS), strict=True):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc_check(c.setns(fd, kind), f"setns({path})")
+            finally:
+                os.close(fd)
+
+
+CLONE_FS = 0x00000200
+CLONE_NEWNS = 0x00020000
+
+
+def mail_case(workdir: Path) -> KitEnvironment:
+    """The mail kit on node1 of a lab with the mail organisation (the store mounted on
+    node1, Postfix and Dovecot stopped): its actions run inside node1's namespaces, its
+    checks talk to 127.0.0.1, the deep check sends the probe mailbox a message."""
+    from tests.mail_lab import mail_properties
+
+    from vigil.lab.lab import Lab
+    from vigil.lab.mail.clients import MailClientError
+
+    lab = Lab("tkmail", subnet_index=63)
+    lab.down()
+    loops: list[ServerLoop] = []
+
+    def cleanup() -> None:
+        for loop in loops:
+            loop.close()
+        lab.down()
+
+    try:
+        info = lab.up(1)
+        org = lab.add_mail_org(users=2)
+        server = info.server("node1")
+        loops.append(ServerLoop(lab.names.netns_path("node1"), server.mount_ns))
+    except BaseException:
+        cleanup()
+        raise
+    user = org.users[0]
+
+    def answers() -> bool:
+        try:
+            org.send("node1", user, "conformance", via="127.0.0.1")
+        except MailClientError:
+            return False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = org.fetch("node1", user, via="127.0.0.1")
+            if any(subject == "conformance" for _, subject in got):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def gone() -> bool:
+        daemons = [
+            pid for pid in processes_in_netns(str(lab.names.netns_path("node1")))
+            if _command_name(pid) in ("master", "dovecot")
+        ]  # fmt: skip
+        return not daemons
+
+    return KitEnvironment(
+        properties=mail_properties(org),
+        answers=answers,
+        gone=gone,
+        cleanup=cleanup,
+        run=loops[0].run,
+    )
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+CASES.append(KitCase("mail", mail_case, marks=(pytest.mark.lab,)))

@@ -86,6 +86,7 @@ class MailKit(Kit):
 
     def __init__(self) -> None:
         self.rehomer = Rehomer()
+        self._read_settings: dict[tuple[str, str], dict[str, str]] = {}
 
     def timeout(self, action: Action, properties: KitProperties) -> float:
         """``max_wait`` per service start or stop (each service may take it all), plus the
@@ -160,8 +161,11 @@ class MailKit(Kit):
 
     # --- service actions ----------------------------------------------------------------
 
-    def _services(self, ctx: KitContext) -> list[Service]:
+    async def _services(self, ctx: KitContext) -> list[Service]:
+        """The services in start order, with where their checks find them."""
         props = properties_of(ctx, MailProperties)
+        if not props.setting("postfix:queue_directory"):
+            props = props.model_copy(update={"expected_settings": await self._settings(props)})
         ip = ctx.child_of_kit("ip")
         if ip is not None and ip.properties.get("address"):
             address = str(ip.properties["address"])
@@ -176,10 +180,18 @@ class MailKit(Kit):
         )
         return services_in_start_order(props, endpoint)
 
+    async def _settings(self, props: MailProperties) -> dict[str, str]:
+        """This server's settings, for a resource that has none recorded (made by hand or
+        by an older vigil): read once per configuration, then kept."""
+        key = (props.postfix_config, props.dovecot_config)
+        if key not in self._read_settings:
+            self._read_settings[key] = await config.settings(*key)
+        return self._read_settings[key]
+
     async def restore(self, ctx: KitContext) -> None:
         """Start every service in order, then move the users home here."""
         props = properties_of(ctx, MailProperties)
-        for service in self._services(ctx):
+        for service in await self._services(ctx):
             await service.start(ctx)
         await self.rehomer.on_restore(ctx, props)
 
@@ -187,7 +199,7 @@ class MailKit(Kit):
         """Stop every service in reverse order; tries each before raising."""
         self.rehomer.cancel(ctx.tag)
         failures = []
-        for service in reversed(self._services(ctx)):
+        for service in reversed(await self._services(ctx)):
             try:
                 await service.stop(ctx)
             except KitError as exc:
@@ -196,7 +208,7 @@ class MailKit(Kit):
             raise KitError(f"mail resource {ctx.tag}: {'; '.join(failures)}", Severity.HARD)
 
     async def quick_check(self, ctx: KitContext) -> Check:
-        checks = [(s.name, await s.check(ctx)) for s in self._services(ctx)]
+        checks = [(s.name, await s.check(ctx)) for s in await self._services(ctx)]
         states = {check.status for _, check in checks}
         if states == {CheckStatus.STOPPED}:
             return Check.stopped("no mail service runs")
@@ -210,7 +222,7 @@ class MailKit(Kit):
         props = properties_of(ctx, MailProperties)
         if quick.status is not CheckStatus.RUNNING or not props.has_probe:
             return quick
-        result = await self._round_trip(props, self._services(ctx)[0].endpoint)
+        result = await self._round_trip(props, (await self._services(ctx))[0].endpoint)
         if result.ok:
             ctx.log.info("%s: deep check: %s", ctx.tag, result.detail)
             return Check.running(result.detail)
@@ -225,7 +237,7 @@ class MailKit(Kit):
         """Restart only the services whose check failed, then the quick check."""
 
         async def restart_failed(ctx: KitContext) -> None:
-            services = self._services(ctx)
+            services = await self._services(ctx)
             failed = {}
             for service in services:
                 check = await service.check(ctx)
