@@ -17,6 +17,7 @@ reports the messages missing and those delivered more than once.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.faults.cluster import Cluster, lab_up, wait_until
 from vigil.lab.lab import Lab
@@ -232,3 +234,59 @@ class MailTraffic:
             if twice:
                 delivery.duplicated[user.name] = twice
         return delivery
+
+
+class MailDualActive:
+    """Samples, every ``interval``, which lab servers run Postfix's ``master`` or Dovecot's
+    ``dovecot`` master (by each process's network namespace): a sample with the mail
+    service on two servers at once is a violation. Use as a context manager; ``check``
+    fails on any violation."""
+
+    def __init__(self, cluster: Cluster, interval: float = 0.05) -> None:
+        self.namespaces = {
+            os.stat(cluster.lab.names.netns_path(s.name)).st_ino: s.name
+            for s in cluster.info.servers
+        }
+        self.interval = interval
+        self.samples = 0
+        self.violations: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mail dual-active", daemon=True)
+
+    def __enter__(self) -> MailDualActive:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            seen = self.running()
+            self.samples += 1
+            if len(seen) > 1:
+                self.violations.append(f"{time.monotonic():.3f}: mail service on {sorted(seen)}")
+            self._stop.wait(self.interval)
+
+    def running(self) -> set[str]:
+        """The servers running a mail master process now."""
+        found = set()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+                if comm not in ("master", "dovecot"):
+                    continue
+                state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                inode = os.stat(f"/proc/{entry.name}/ns/net").st_ino
+            except OSError:
+                continue
+            if state not in ("Z", "X") and inode in self.namespaces:
+                found.add(self.namespaces[inode])
+        return found
+
+    def check(self) -> None:
+        assert self.samples > 0, "the dual-active sampler never ran"
+        assert not self.violations, "\n".join(self.violations[:20])

@@ -22,6 +22,7 @@ from tests.faults.cluster import Cluster, wait_until
 from tests.mail_lab import (
     TAG,
     VIP_TAG,
+    MailDualActive,
     MailTraffic,
     create_vip,
     mail_cluster,
@@ -203,10 +204,11 @@ def test_switchover_moves_users_and_loses_no_mail(lab: tuple[Cluster, MailOrgInf
     cluster, org = lab
     traffic = MailTraffic(org, org.users[:5])
     assert traffic.send_one("before")
-    with traffic.running():
+    with MailDualActive(cluster) as sampler, traffic.running():
         time.sleep(0.5)
         cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node2"})
         time.sleep(0.5)
+    sampler.check()
     assert traffic.send_one("after")
     wait_in_service(cluster, "node2")
     assert set(org.directory.mail_hosts().values()) == {org.home_value("node2")}
@@ -222,10 +224,11 @@ def test_failover_after_sigkill_of_the_agent_loses_no_mail(
     cluster, org = lab
     traffic = MailTraffic(org, org.users[:5])
     assert traffic.send_one("before")
-    with traffic.running():
+    with MailDualActive(cluster) as sampler, traffic.running():
         time.sleep(0.5)
         cluster.kill_agent("node2")
         wait_in_service(cluster, "node1")
+    sampler.check()
     assert traffic.send_one("after")
     assert set(org.directory.mail_hosts().values()) == {org.home_value("node1")}
     delivered = traffic.settle(120)
