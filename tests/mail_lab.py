@@ -145,6 +145,8 @@ class Delivery:
     refused: int
     missing: dict[str, list[str]] = field(default_factory=dict)
     duplicated: dict[str, list[str]] = field(default_factory=dict)
+    #: users whose INBOX could not be read, and why (their messages count as missing)
+    unreadable: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -223,8 +225,8 @@ class MailTraffic:
             try:
                 seen = Counter(subject for _, subject in self.org.fetch(self.client, user))
             except MailClientError as exc:
-                wanted = [s for u, s in self.accepted if u.name == user.name]
-                delivery.missing[user.name] = [f"(cannot read: {exc})", *wanted]
+                delivery.missing[user.name] = [s for u, s in self.accepted if u.name == user.name]
+                delivery.unreadable[user.name] = str(exc)
                 continue
             wanted = [s for u, s in self.accepted if u.name == user.name]
             lost = [s for s in wanted if seen[s] == 0]

@@ -27,6 +27,7 @@ from tests.mail_lab import (
     create_vip,
     mail_cluster,
     mail_properties,
+    vip,
     wait_in_service,
 )
 from vigil.lab.mail import MailOrgInfo
@@ -239,6 +240,40 @@ def test_failover_after_sigkill_of_the_agent_loses_no_mail(
     cluster.wait_states(TAG, {"node2": "OSU"})
 
 
+def test_mail_deferred_for_a_dead_server_is_delivered_soon_after_the_failover(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    """The front-end defers mail for the dead server; after the failover the kit re-homes
+    the users and asks the front-end (ETRN) to deliver it at once, not after its retry
+    back-off (30 s in the lab)."""
+    cluster, org = lab
+    cluster.server_policy("node1", failover=False)  # the dead server stays dead a while
+    try:
+        cluster.kill_agent("node1")
+        wait_until(lambda: not MailDualActive(cluster).running(), 30, "node1 fenced")
+        traffic = MailTraffic(org, org.users[:4])
+        for _ in range(8):
+            assert traffic.send_one("deferred")  # the front-end takes it and defers it
+        time.sleep(1)
+        assert traffic.settle(0).lost == 8  # nothing delivered while no server serves it
+        mark = cluster.mark()
+        began = time.monotonic()
+        cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node2"})
+        wait_in_service(cluster, "node2")
+        restored = time.monotonic() - began
+        delivered = traffic.settle(25)
+        took = time.monotonic() - began
+        assert delivered.lost == 0, f"after {took:.1f}s: {delivered.missing}"
+        assert delivered.duplicates == 0, delivered.duplicated
+        cluster.wait_event(mark, "mail-users-moved", text="node2")
+        print(f"in service after {restored:.2f}s, deferred mail delivered after {took:.2f}s")
+    finally:
+        cluster.start_agent("node1")
+        cluster.server_policy("node1", failover=None)
+    cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node1"})
+    wait_in_service(cluster, "node1")
+
+
 # --- checks and local recovery -------------------------------------------------------------
 
 
@@ -371,6 +406,43 @@ def test_services_config_adds_and_removes_an_optional_service(
     cluster.ok("DELETE", f"/v1/mail/{TAG}/services/filter")
     assert all(v == [] for v in cluster.ok("GET", f"/v1/mail/{TAG}/services").values())
     cluster.lab.exec("node3", ["sh", "-c", service["stop"]])
+
+
+def test_home_mode_service_moves_nobody_and_mail_follows_the_address(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    address = vip(cluster)
+    cluster.ok(
+        "PATCH", f"/v1/resources/{TAG}/properties",
+        {"properties": {"home_mode": "service", "service_home": address}},
+    )  # fmt: skip
+    try:
+        for user in org.users:
+            org.directory.set_mail_host(user, address)
+        traffic = MailTraffic(org, org.users[:3])
+        before = cluster.hierarchy(TAG)["active_server"]
+        target = "node1" if before != "node1" else "node2"
+        with traffic.running():
+            cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": target})
+            wait_in_service(cluster, target)
+        assert set(org.directory.mail_hosts().values()) <= {address, org.home_value(before)}
+        assert all(org.directory.mail_host(u) == address for u in org.users)
+        home = cluster.ok("GET", f"/v1/mail/{TAG}/home?user={org.users[0].name}")
+        assert home["server"] == target and home["home"] == address
+        delivered = traffic.settle(90)
+        assert delivered.lost == 0 and delivered.duplicates == 0, delivered
+    finally:
+        # back to home_mode server: the users homed on the hierarchy's address move to the
+        # server it comes in service on
+        cluster.ok("PATCH", f"/v1/resources/{TAG}/properties", {"properties": {"home_mode": None}})
+        cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node3"})
+        wait_in_service(cluster, "node3")
+    wait_until(
+        lambda: set(org.directory.mail_hosts().values()) == {org.home_value("node3")},
+        30,
+        "every user homed on node3 again",
+    )
 
 
 # --- delete --------------------------------------------------------------------------------

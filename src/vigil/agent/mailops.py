@@ -233,6 +233,8 @@ class MailOperations:
                 update={"user_filter": f"(&{props.user_filter}(mail=*@{domain}))"}
             )
         away = [v for s, v in homes.items() if s != to_server]
+        if props.service_home:  # users homed on the hierarchy itself (home_mode service before)
+            away.append(props.service_home)
         result = await asyncio.to_thread(directory.rehome, props, homes[to_server], away)
         if any(f.whole_base for f in result.failed):
             raise Conflict(f"nothing moved: {result.failed[0].reason}")

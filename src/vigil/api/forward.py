@@ -14,6 +14,8 @@ from vigil.engine import changes
 from vigil.errors import StoreUnavailable
 
 FORWARD_TIMEOUT = 300.0
+#: seconds this agent's cached view may take to show a change another agent made
+CATCH_UP = 5.0
 
 
 async def forward_to(operations: Operations, server: str, request: Request) -> JSONResponse | None:
@@ -36,4 +38,10 @@ async def forward_to(operations: Operations, server: str, request: Request) -> J
             )
     except httpx.HTTPError as exc:
         raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc
-    return JSONResponse(answer.json(), status_code=answer.status_code)
+    body = answer.json()
+    revision = body.get("revision") if isinstance(body, dict) else None
+    if isinstance(revision, int) and operations.cache.revision < revision:
+        # read your writes through this agent too: the next request asked of it (a status
+        # after an extend) must see the change the other agent made
+        await operations.cache.changed(revision - 1, CATCH_UP)
+    return JSONResponse(body, status_code=answer.status_code)

@@ -44,9 +44,10 @@ ROUTE_CACHE = 31.0
 
 
 def home_values(ctx: KitContext, props: MailProperties) -> tuple[str, list[str]]:
-    """(this server's home value, the other servers' values) of the hierarchy."""
+    """(this server's home value, the values users may have elsewhere: the other
+    servers', and ``service_home`` when the hierarchy used home_mode service before)."""
     mine = props.home_server or (ctx.addresses[0] if ctx.addresses else ctx.server)
-    others = []
+    others = [props.service_home] if props.service_home and props.service_home != mine else []
     for server, values in ctx.instances.items():
         value = values.get("home_server")
         if server != ctx.server and isinstance(value, str) and value and value != mine:
