@@ -72,6 +72,7 @@ class ClusterCache:
         self._built = True  # whether _cluster is the view of _revision
         self._changed = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._last_batch = 0.0  # loop time of the watch's last batch
 
     @property
     def loaded(self) -> bool:
@@ -114,45 +115,65 @@ class ClusterCache:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            signal = self._changed
+            waiting = asyncio.ensure_future(self._changed.wait())
             try:
-                async with asyncio.timeout(remaining):
-                    await signal.wait()
-            except TimeoutError:
-                return self._revision > since
+                await asyncio.wait((waiting,), timeout=remaining)
+            finally:
+                waiting.cancel()
         return True
 
     async def run(self) -> None:
         """Keep the cache current until cancelled: read the cluster (unless already read),
         then apply the watch from the next revision. Recovers by itself (see the module
-        docstring); never returns."""
+        docstring); never returns.
+
+        The watch runs in a task of its own, stopped from here when it is quiet for too
+        long: no ``asyncio.timeout`` or ``wait_for`` in this task, whose cancellation
+        handling Python 3.11 gets wrong when a timeout and a result coincide."""
         reload = not self._loaded
         while True:
             try:
                 if reload:
                     await self.reload()
                     reload = False
-                await self._follow()
+                await self._follow_while_lively()
             except Compacted as exc:
                 log.info("cluster watch: %s", exc)
                 reload = True
             except StoreError as exc:
                 log.warning("store watch interrupted: %s", exc)
                 await asyncio.sleep(self.retry_interval)
+            except Exception:  # a bug must not freeze the view for good
+                log.exception("cluster watch failed; watching again")
+                await asyncio.sleep(self.retry_interval)
 
     # --- applying changes --------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        """Apply the watch until it raises, or is quiet for ``quiet_limit`` (returns)."""
-        batches = self.store.watch_batches(PREFIX, self._revision + 1)
-        async with contextlib.aclosing(batches):
-            while True:
-                try:
-                    async with asyncio.timeout(self.quiet_limit):
-                        batch = await anext(batches)
-                except TimeoutError:
+    async def _follow_while_lively(self) -> None:
+        """Run the watch until it raises (re-raised here) or is quiet for ``quiet_limit``
+        seconds (stopped; returns)."""
+        loop = asyncio.get_running_loop()
+        self._last_batch = loop.time()
+        follower = asyncio.create_task(self._follow(), name="cluster watch")
+        try:
+            while not follower.done():
+                quiet_until = self._last_batch + self.quiet_limit
+                await asyncio.wait((follower,), timeout=max(0.0, quiet_until - loop.time()))
+                if not follower.done() and loop.time() >= self._last_batch + self.quiet_limit:
                     log.debug("cluster watch quiet for %gs: watching again", self.quiet_limit)
                     return
+            follower.result()  # raises what ended it
+        finally:
+            if not follower.done():
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        """Apply the watch from the revision after the one held, until it raises."""
+        batches = self.store.watch_batches(PREFIX, self._revision + 1)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                self._last_batch = asyncio.get_running_loop().time()
                 self._apply(batch)
 
     def _apply(self, batch: WatchBatch) -> None:

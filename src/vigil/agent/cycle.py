@@ -53,6 +53,7 @@ class Cycle:
         self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
         self._waiting: dict[str, str] = {}
         self._extended: dict[str, Resource] = {}
+        self._fresh = False  # whether the next cycle reads the store (see run_once)
         cache.subscribe(self._changed)
 
     def is_busy(self, tag: str) -> bool:
@@ -115,7 +116,15 @@ class Cycle:
                 self.wake.set()
 
     async def run_once(self) -> None:
-        cluster = await self.refresh()
+        # after a step of its own, the next decision is taken on a fresh read: the cache
+        # may not have the step's writes yet, and deciding again on a view without them
+        # would take the same step again (safe, as compare-and-set refuses it, but idle)
+        fresh, self._fresh = self._fresh, False
+        try:
+            cluster = await self.refresh(fresh=fresh)
+        except StoreError:
+            self._fresh = self._fresh or fresh
+            raise
         await self._forget_unextended(cluster)
         if self.paused or not self.trusted():
             return
@@ -161,6 +170,7 @@ class Cycle:
         task = self._busy.pop(tags, None)
         if task and not task.cancelled() and task.exception():
             log.error("step on %s failed: %s", ", ".join(sorted(tags)), task.exception())
+        self._fresh = True
         self.wake.set()
 
     async def _forget_unextended(self, cluster: Cluster) -> None:

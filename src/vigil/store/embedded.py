@@ -244,17 +244,22 @@ class EmbeddedStore(Store):
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, self._run, job, deadline
         )
+        # On timeout (or when the caller is cancelled) the future is cancelled: a job still
+        # queued never runs; one already running finishes on its own (its outcome is unknown
+        # to the caller). Not ``asyncio.wait_for`` nor ``asyncio.timeout``: on Python 3.11,
+        # when the job completes just as the time runs out or the caller is cancelled, the
+        # first swallows the cancellation (a cancelled watch task could run for ever) and
+        # the second can leave it pending for the caller's next await. ``asyncio.wait``
+        # cancels nobody: the caller's task sees exactly its own cancellations.
         try:
-            # On timeout the future is cancelled: a job still queued never runs; one already
-            # running finishes on its own (its outcome is unknown to the caller). Not
-            # ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
-            # as the job completes, so a task cancelled while it polls a watch could go on
-            # for ever (and whoever awaits its end, with it).
-            async with asyncio.timeout(self._timeout):
-                return await future
-        except TimeoutError as exc:
-            self.stats.errors += 1
-            raise self._unavailable(f"no answer within {self._timeout:g} s") from exc
+            done, _ = await asyncio.wait((future,), timeout=self._timeout)
+        finally:
+            if not future.done():
+                future.cancel()
+        try:
+            if not done:
+                raise self._unavailable(f"no answer within {self._timeout:g} s")
+            return future.result()
         except StoreUnavailable:
             self.stats.errors += 1
             raise
