@@ -76,16 +76,21 @@ def postconf(cluster: Cluster, server: str, *settings: str) -> None:
 def test_create_refuses_a_queue_on_the_system_filesystem(
     lab: tuple[Cluster, MailOrgInfo],
 ) -> None:
+    """The queue moved to the system filesystem (with the seed's SetSMTPQueuePath, which
+    also moves it back after the refusal)."""
     cluster, org = lab
-    queue = "/var/tmp/vigil-tmk-queue"
-    cluster.lab.exec("node1", ["mkdir", "-p", queue], check=True)
-    postconf(cluster, "node1", f"queue_directory = {queue}")
+    queue, spool = "/var/tmp/vigil-tmk-queue", str(org.queue_dir)
+    move = {"postfix_config": str(org.postfix_dir), "move": True}
+    cluster.ok("POST", "/v1/mail/servers/node1/queue-path", {"path": queue, **move})
     try:
         message = refused(cluster, mail_body(org), "the Postfix queue (queue_directory)")
         assert "system filesystem" in message and "vigil mail set-queue-path" in message
     finally:
-        postconf(cluster, "node1", f"queue_directory = {org.queue_dir}")
-        cluster.lab.exec("node1", ["rmdir", queue])
+        cluster.ok("POST", "/v1/mail/servers/node1/queue-path", {"path": spool, **move})
+    listing = cluster.lab.exec("node1", ["ls", queue], capture_output=True)
+    assert listing.returncode != 0  # moved, not copied
+    answer = cluster.request("POST", "/v1/mail/servers/node1/queue-path", {"path": "rel", **move})
+    assert answer.status_code == 400 and "absolute path" in answer.text
 
 
 def test_create_refuses_a_service_enabled_at_boot(lab: tuple[Cluster, MailOrgInfo]) -> None:
@@ -376,6 +381,31 @@ def test_manage_user_checks_the_account_before_storing_it(
     assert "wrong" not in answer.text
     done = cluster.ok("PUT", f"/v1/mail/{TAG}/user", {"bind_password": org.directory.bind_password})
     assert "password changed on every server" in done["summary"]
+
+
+def test_the_queue_of_a_protected_hierarchy_moves_on_its_volume_and_everywhere(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    cluster, org = lab
+    answer = cluster.request("POST", f"/v1/mail/{TAG}/queue-path", {"path": "/var/tmp/q"})
+    assert answer.status_code == 400 and "not on a volume of mail" in answer.text
+    new = f"{org.mail_root}/queue2"
+    traffic = MailTraffic(org, org.users[:2])
+    assert traffic.send_one("before the queue moved")
+    moved = cluster.ok("POST", f"/v1/mail/{TAG}/queue-path", {"path": new})
+    assert moved["detail"] == "", moved
+    for server in ("node1", "node2", "node3"):
+        shown = cluster.lab.exec(
+            server, ["postconf", "-c", POSTFIX, "-h", "queue_directory"], capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert shown.stdout.strip() == new, server
+    expected = cluster.ok("GET", f"/v1/resources/{TAG}")["properties"]["expected_settings"]
+    assert expected["postfix:queue_directory"] == new
+    assert cluster.hierarchy(TAG)["status"] == "Normal"
+    assert traffic.send_one("after the queue moved")
+    assert traffic.settle(60).lost == 0
+    cluster.ok("POST", f"/v1/mail/{TAG}/queue-path", {"path": str(org.queue_dir)})
 
 
 def test_services_config_adds_and_removes_an_optional_service(

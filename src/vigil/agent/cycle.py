@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vigil.agent.actor import Actor
 from vigil.agent.cache import ClusterCache
@@ -51,13 +51,25 @@ class Cycle:
         self.wake = asyncio.Event()
         self.paused = False  # maintenance: no decisions, no monitoring
         self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
+        self._held: set[str] = set()
         self._waiting: dict[str, str] = {}
         self._extended: dict[str, Resource] = {}
         self._fresh = False  # whether the next cycle reads the store (see run_once)
         cache.subscribe(self._changed)
 
     def is_busy(self, tag: str) -> bool:
-        return any(tag in tags for tags in self._busy)
+        return tag in self._held or any(tag in tags for tags in self._busy)
+
+    @contextlib.contextmanager
+    def hold(self, tags: frozenset[str]) -> Iterator[None]:
+        """No step and no check on ``tags`` while the block runs (an administrator's
+        operation works on them: the mail kit's queue move stops Postfix on purpose)."""
+        self._held |= tags
+        try:
+            yield
+        finally:
+            self._held -= tags
+            self.wake.set()
 
     async def cancel_steps(self) -> None:
         """Stop every step in progress and all monitoring (fencing, shutdown)."""
@@ -139,7 +151,7 @@ class Cycle:
                     if step.kind is StepKind.BLOCKED and self._announces(cluster, step):
                         await self.actor.event("failover-blocked", step.reason, step.hierarchy)
                 continue
-            if any(step.tags & busy for busy in self._busy):
+            if step.tags & self._held or any(step.tags & busy for busy in self._busy):
                 continue
             task = asyncio.create_task(self.actor.carry_out(cluster, step))
             self._busy[step.tags] = task

@@ -18,9 +18,10 @@ from typing import Any
 
 from vigil.agent.operations import Operations, Outcome
 from vigil.engine import changes
-from vigil.errors import Conflict, NotFound, ValidationError
+from vigil.errors import Conflict, KitError, NotFound, ValidationError
 from vigil.kits.mail import directory
 from vigil.kits.mail.properties import HomeMode, MailProperties, OptionalService
+from vigil.kits.mail.queue import path_problems, relocate_queue
 from vigil.kits.mail.rehoming import read_failed_users
 from vigil.kits.mail.services import KNOWN_SERVICES
 from vigil.kits.process import run_command
@@ -263,6 +264,83 @@ class MailOperations:
             return await asyncio.to_thread(call, *args)
         except directory.DirectoryUnavailable as exc:
             raise Conflict(str(exc)) from exc
+
+    # --- SetSMTPQueuePath -------------------------------------------------------------------
+
+    async def set_queue_path(self, tag: str, path: str, who: str) -> tuple[Outcome, dict[str, str]]:
+        """Move the queue of a protected hierarchy on the server it is in service on (the
+        API forwards there), onto one of its volumes, and record it; returns the outcome
+        and the other servers' Postfix configuration directories, where the API then sets
+        the new ``queue_directory``. Checks and recovery of the hierarchy wait meanwhile."""
+        cluster, resource = await self._mail(tag)
+        me = self.operations.server
+        active = self._active(cluster, tag)
+        if active is None:
+            raise Conflict(
+                f"{tag} is in service nowhere: its queue is on a volume mounted only where it is "
+                "in service; bring it in service first"
+            )
+        if active != me:
+            raise Conflict(f"{tag} is in service on {active}: ask its agent (the API forwards)")
+        mounts = sorted(
+            str(cluster.resources[c].properties.get("mount_point"))
+            for c in cluster.children(tag)
+            if cluster.resources[c].kit == "volume"
+        )
+        if not any(path.startswith(m.rstrip("/") + "/") for m in mounts):
+            raise ValidationError(
+                f"{path} is not on a volume of {tag} ({', '.join(mounts) or 'it has none'}): "
+                "the queue must stay on storage that moves with the hierarchy"
+            )
+        props = self._props(resource, me)
+        _, ctx = self.operations.runner.resource_context(resource)
+        if props.setting("postfix:queue_directory") != path:
+            with self.operations.hold(frozenset(cluster.hierarchy(tag).tags)):
+                try:
+                    await relocate_queue(props.postfix_config, path, log, cgroup=ctx.cgroup)
+                except KitError as exc:
+                    raise Conflict(f"the queue was not moved: {exc}") from exc
+        settings = {**props.expected_settings, "postfix:queue_directory": path}
+        await self.operations.configure(
+            changes.update_properties, who, tag, {"expected_settings": settings}, {}
+        )
+        others = {
+            server: self._props(resource, server).postfix_config
+            for server in resource.servers_by_priority
+            if server != me
+        }
+        return Outcome(f"{tag}: the Postfix queue is now {path} (moved on {me})"), others
+
+    async def set_server_queue_path(
+        self, path: str, postfix_config: str, move: bool, who: str
+    ) -> Outcome:
+        """On this server: move the queue of the Postfix at ``postfix_config`` (or only set
+        ``queue_directory``, for a backup of a hierarchy whose queue moved)."""
+        me = self.operations.server
+        if move:
+            cluster = await self.operations.cluster()
+            for tag, resource in sorted(cluster.resources.items()):
+                protects = resource.kit == "mail" and me in resource.instances
+                if protects and self._props(resource, me).postfix_config == postfix_config:
+                    raise Conflict(
+                        f"{tag} protects {postfix_config} on {me}: use "
+                        f"`vigil mail set-queue-path {tag} {path}`"
+                    )
+            try:
+                old = await relocate_queue(postfix_config, path, log)
+            except KitError as exc:
+                raise ValidationError(f"the queue was not moved: {exc}") from exc
+            return Outcome(f"{me}: moved the Postfix queue from {old} to {path} (by {who})")
+        problems = [p for p in path_problems(path, "") if "canonical" in p]
+        if problems:
+            raise ValidationError(problems[0])
+        result = await run_command(
+            ["postconf", "-c", postfix_config, "-e", f"queue_directory = {path}"], log=log,
+            timeout=30,
+        )  # fmt: skip
+        if not result.ok:
+            return Outcome(f"postconf failed on {me}", False, result.last_line)
+        return Outcome(f"{me}: queue_directory = {path} in {postfix_config}")
 
     # --- SetSvcMode --------------------------------------------------------------------------
 

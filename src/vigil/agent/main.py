@@ -108,6 +108,8 @@ async def run(config: AgentConfig) -> None:
     async def serve_api(agent: Agent) -> None:
         assert agent.store and agent.actor and agent.cache
         operations = Operations(agent.store, agent.actor.runner, agent.server, agent.cache)
+        if agent.cycle is not None:
+            operations.hold = agent.cycle.hold
 
         def stop(leave_resources: bool) -> None:
             agent.stop(StopMode.MAINTENANCE if leave_resources else None)

@@ -12,9 +12,11 @@ the agent of the target server, which runs them here (``self.server``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,6 +56,9 @@ class Operations:
         self.runner = runner
         self.server = server
         self.cache = cache or ClusterCache(store)
+        #: keeps the agent's steps and checks off some resources while an administrator's
+        #: operation works on them (the agent sets it; alone, nothing to keep off)
+        self.hold: Callable[[frozenset[str]], AbstractContextManager[None]] = _no_hold
         self._own_cache = cache is None
         self._own_watch: asyncio.Task[None] | None = None
 
@@ -473,6 +478,11 @@ class Operations:
 #: how long a change waits to show in the agent's cached view (its watch's delay: a poll
 #: interval, a round trip) before the operation answers all the same
 _VISIBLE = 2.0
+
+
+@contextlib.contextmanager
+def _no_hold(tags: frozenset[str]) -> Iterator[None]:
+    yield
 
 
 def _owned_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:

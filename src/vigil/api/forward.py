@@ -5,6 +5,8 @@ agent accepts the request and passes it on unchanged, token included."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -16,6 +18,22 @@ from vigil.errors import StoreUnavailable
 FORWARD_TIMEOUT = 300.0
 #: seconds this agent's cached view may take to show a change another agent made
 CATCH_UP = 5.0
+
+
+async def call_agent(
+    operations: Operations, server: str, method: str, path: str, body: Any, request: Request
+) -> httpx.Response:
+    """A request of this agent's own to ``server``'s agent, with the caller's token (an
+    operation that fans out, as the queue path set on every backup)."""
+    cluster = await operations.cluster()
+    changes.require_alive(cluster, server)
+    url = cluster.servers[server].api_url + path
+    headers = {"authorization": request.headers.get("authorization", "")}
+    try:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
+            return await client.request(method, url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable(f"could not reach the agent of {server} at {url}: {exc}") from exc
 
 
 async def forward_to(operations: Operations, server: str, request: Request) -> JSONResponse | None:

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from vigil.agent.mailops import MailOperations
-from vigil.agent.operations import Operations
+from vigil.agent.operations import Operations, Outcome
 from vigil.api import schemas
 from vigil.api.auth import Who
-from vigil.api.forward import forward_to
+from vigil.api.forward import call_agent, forward_to
 from vigil.api.results import result as _result
+from vigil.errors import VigilError
 from vigil.kits.mail.properties import OptionalService
 
 router = APIRouter(prefix="/v1/mail", tags=["mail"])
@@ -120,6 +121,61 @@ async def move_users(tag: str, body: MoveUsers, who: Who, request: Request) -> A
 async def failback_users(tag: str, who: Who, request: Request) -> Any:
     who.require("administrator", "move users")
     return _result(await _mail(request).failback_users(tag, who.name))
+
+
+class QueuePath(schemas.Body):
+    path: str = Field(description="the new queue_directory (on one of the hierarchy's volumes)")
+
+
+class ServerQueuePath(schemas.Body):
+    path: str = Field(description="the new queue_directory")
+    postfix_config: str = Field("/etc/postfix", description="Postfix's configuration directory")
+    move: bool = Field(True, description="move the queue (false: only set queue_directory)")
+
+
+@router.post("/{tag}/queue-path", response_model=schemas.OperationResult)
+async def queue_path(tag: str, body: QueuePath, who: Who, request: Request) -> Any:
+    """Move the queue of a protected hierarchy (the seed's SetSMTPQueuePath), on the server
+    it is in service on, and set it on every other server of the hierarchy."""
+    who.require("administrator", "move the mail queue")
+    mail = _mail(request)
+    cluster = await mail.operations.cluster()
+    await mail._mail(tag)
+    active = cluster.intended_server(cluster.hierarchy(tag))
+    if active is not None:
+        forwarded = await forward_to(mail.operations, active, request)
+        if forwarded is not None:
+            return forwarded
+    outcome, others = await mail.set_queue_path(tag, body.path, who.name)
+    missed = []
+    for server, postfix_config in others.items():
+        move = {"path": body.path, "postfix_config": postfix_config, "move": False}
+        path = f"/v1/mail/servers/{server}/queue-path"
+        try:
+            answer = await call_agent(mail.operations, server, "POST", path, move, request)
+        except VigilError as exc:
+            missed.append(f"{server}: not set ({exc})")
+            continue
+        if answer.status_code != 200:
+            missed.append(f"{server}: not set ({answer.text})")
+    if missed:
+        note = "; ".join(missed) + ": set it there when it is back (vigil extend --fix)"
+        outcome = Outcome(outcome.summary, detail=note, revision=outcome.revision)
+    return _result(outcome)
+
+
+@router.post("/servers/{server}/queue-path", response_model=schemas.OperationResult)
+async def server_queue_path(server: str, body: ServerQueuePath, who: Who, request: Request) -> Any:
+    """Move the queue of a Postfix on ``server`` (before vigil protects it), or only set its
+    ``queue_directory`` (``move`` false: a backup whose hierarchy's queue moved)."""
+    who.require("administrator", "move the mail queue")
+    mail = _mail(request)
+    forwarded = await forward_to(mail.operations, server, request)
+    if forwarded is not None:
+        return forwarded
+    return _result(
+        await mail.set_server_queue_path(body.path, body.postfix_config, body.move, who.name)
+    )
 
 
 @router.post("/servers/{server}/service-mode", response_model=schemas.OperationResult)

@@ -164,6 +164,39 @@ def failback_users(tag: str, url: Url = None, token: Token = None, as_json: Json
     _done(_call("POST", f"/v1/mail/{tag}/failback-users", url, token), as_json)
 
 
+@mail_app.command("set-queue-path")
+def set_queue_path(
+    first: Annotated[str, typer.Argument(help="TAG (then PATH), or PATH with --server")],
+    second: Annotated[str | None, typer.Argument(help="PATH after TAG")] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="an unprotected Postfix on this server")
+    ] = None,
+    postfix_config: Annotated[
+        str, typer.Option("--postfix-config", help="its configuration directory")
+    ] = "/etc/postfix",
+    url: Url = None,
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    """Move Postfix's queue (the seed's SetSMTPQueuePath): stop Postfix, move the queue,
+    set queue_directory, start it again.
+
+    `vigil mail set-queue-path TAG PATH` moves the queue of a protected hierarchy on the
+    server it is in service on (PATH must be on one of its volumes) and sets it on every
+    other server; `vigil mail set-queue-path PATH --server S` moves the queue of a Postfix
+    vigil does not protect yet (before creating its mail resource)."""
+    if second is not None:
+        if server is not None:
+            raise CliError("give TAG PATH, or PATH --server SERVER, not both", EXIT_REFUSED)
+        path = f"/v1/mail/{first}/queue-path"
+        _done(_call("POST", path, url, token, {"path": second}), as_json)
+        return
+    if server is None:
+        raise CliError("give TAG PATH, or PATH --server SERVER", EXIT_REFUSED)
+    body = {"path": first, "postfix_config": postfix_config, "move": True}
+    _done(_call("POST", f"/v1/mail/servers/{server}/queue-path", url, token, body), as_json)
+
+
 @mail_app.command("set-service-mode")
 def set_service_mode(
     mode: Annotated[str, typer.Argument(help="auto (start at boot) or manual")],

@@ -189,11 +189,29 @@ class MailKit(Kit):
         return self._read_settings[key]
 
     async def restore(self, ctx: KitContext) -> None:
-        """Start every service in order, then move the users home here."""
+        """Check the queue is where the hierarchy keeps it, start every service in order,
+        then move the users home here."""
         props = properties_of(ctx, MailProperties)
+        await self._same_queue(ctx, props)
         for service in await self._services(ctx):
             await service.start(ctx)
         await self.rehomer.on_restore(ctx, props)
+
+    async def _same_queue(self, ctx: KitContext, props: MailProperties) -> None:
+        """A server whose Postfix queues elsewhere than on the hierarchy's volume would
+        accept mail into a queue that does not move with it: refused (HARD: the next
+        server is tried)."""
+        wanted = props.setting("postfix:queue_directory")
+        if not wanted:
+            return
+        found = await config.postconf(props.postfix_config, ("queue_directory",))
+        if found.get("queue_directory") != wanted:
+            raise KitError(
+                f"Postfix on {ctx.server} queues in {found.get('queue_directory')!r}, the "
+                f"hierarchy's queue is {wanted}: set it there (vigil mail set-queue-path, "
+                "or postconf -e) before it may serve",
+                Severity.HARD,
+            )
 
     async def remove(self, ctx: KitContext) -> None:
         """Stop every service in reverse order; tries each before raising."""
