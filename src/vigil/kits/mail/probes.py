@@ -16,6 +16,7 @@ import contextlib
 import email.message
 import email.utils
 import imaplib
+import os
 import smtplib
 import time
 import uuid
@@ -57,7 +58,9 @@ async def greeting(
     except TimeoutError:
         return Greeting(False, f"{where}: no greeting within {GREETING_TIMEOUT:g}s")
     except OSError as exc:
-        return Greeting(False, f"{where}: {exc.strerror or exc}")
+        # asyncio's "Connect call failed (...)" hides the reason: errno tells it
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return Greeting(False, f"{where}: {reason}")
     if line.startswith(expect):
         return Greeting(True, f"{where}: {line[:80]}")
     return Greeting(False, f"{where}: unexpected greeting {line[:80]!r}")
