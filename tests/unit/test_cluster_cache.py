@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from vigil.agent.actor import Actor
 from vigil.agent.cache import ClusterCache
+from vigil.agent.cycle import Cycle
+from vigil.agent.kitrunner import KitRunner
 from vigil.agent.storeio import event_operation
+from vigil.kits.registry import KitRegistry
 from vigil.model.cluster import Cluster
 from vigil.model.records import AliveRecord, ResourceRecord, ServerRecord, key
 from vigil.store.base import Put, Store, WatchBatch
@@ -200,3 +204,29 @@ async def test_a_reload_ahead_of_the_watch_is_kept(stores: Opener) -> None:
     assert revision < last
     # the watch skipped what the reload held: only the put of c came through it
     assert [e.key for batch in reloads if batch for e in batch] == [key("resources", "c")]
+
+
+async def test_the_cycle_times_heartbeats_as_the_watch_delivers_them(
+    stores: Opener, tmp_path: Path
+) -> None:
+    writer = await stores()
+    cache = ClusterCache(await stores())
+    runner = KitRunner(KitRegistry({}), "n1", tmp_path, ())
+    cycle = Cycle(cache, Actor(cache.store, runner, "n1", lambda: 1), lambda: True)
+    await cycle.refresh(fresh=True)
+    async with running(cache):
+        cycle.wake.clear()
+        beat = AliveRecord(started_at=1.0, pid=2, ttl=1.5).dump()
+        first = await writer.put(key("alive", "n2"), beat)
+        await until(lambda: cycle.wake.is_set(), "a wake-up for a server joining")
+        assert cycle.heartbeats.silent() == {}
+        due = cycle.heartbeats.next_due()
+        assert due is not None and 1.0 < due <= 1.5  # timed when the watch delivered it
+        cycle.wake.clear()
+        second = await writer.put(key("alive", "n2"), beat)
+        reported = await writer.put(key("state", "n2", "web"), b"{}")
+        await until(lambda: cache.revision == reported, "the report")
+        assert not cycle.wake.is_set()  # a renewal and a report change no decision
+        assert cycle.heartbeats._seen["n2"].revision == second > first
+        await writer.put(key("intent", "web"), b'{"server": "n2"}')
+        await until(lambda: cycle.wake.is_set(), "a wake-up for a new intent")
