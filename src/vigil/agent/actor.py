@@ -53,6 +53,8 @@ class Actor:
         #: likely unreachable, and waiting on it would delay taking resources down)
         self.fencing = False
         self.started_at = time.time()
+        #: what report_standby last read when it found nothing to write
+        self._standby_checked: tuple[tuple[object, ...], frozenset[str]] | None = None
 
     def local_view(self) -> LocalView:
         # a broken resource is not "in service" for decisions: a new request restores it
@@ -298,7 +300,26 @@ class Actor:
 
     async def report_standby(self, cluster: Cluster) -> None:
         """Write OSU (with its reason) for instances here that are out of service and whose
-        reported state is missing or stale. A failure (OSF) stays until the intent changes."""
+        reported state is missing or stale. A failure (OSF) stays until the intent changes.
+
+        Skipped when nothing it reads has changed since it last found nothing to write (the
+        same mappings: a view's mappings are never changed in place)."""
+        inputs = (
+            cluster.resources,
+            cluster.dependencies,
+            cluster.intents,
+            cluster.owners,
+            cluster.observed,
+        )
+        running = frozenset(self.running)
+        checked, self._standby_checked = self._standby_checked, None
+        if (
+            checked is not None
+            and checked[1] == running
+            and all(a is b for a, b in zip(inputs, checked[0], strict=True))
+        ):
+            self._standby_checked = checked
+            return
         ops: list[Operation] = []
         now = time.time()
         for hierarchy in cluster.hierarchies:
@@ -328,3 +349,5 @@ class Actor:
         ops += [Delete(key("state", self.server, tag)) for tag in sorted(stale)]
         if ops:
             await self.store.txn((), ops)
+        else:
+            self._standby_checked = (inputs, running)

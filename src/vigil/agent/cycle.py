@@ -54,6 +54,7 @@ class Cycle:
         self._held: set[str] = set()
         self._waiting: dict[str, str] = {}
         self._extended: dict[str, Resource] = {}
+        self._extended_from: object = None  # the resources mapping _extended was taken from
         self._fresh = False  # whether the next cycle reads the store (see run_once)
         cache.subscribe(self._changed)
 
@@ -187,6 +188,9 @@ class Cycle:
 
     async def _forget_unextended(self, cluster: Cluster) -> None:
         """Run the kits' ``delete`` for resources no longer extended to this server."""
+        if cluster.resources is self._extended_from:
+            return  # the same resources: what was extended here still is
+        self._extended_from = cluster.resources
         me = self.actor.server
         here = {tag: r for tag, r in cluster.resources.items() if me in r.instances}
         gone = [

@@ -102,9 +102,11 @@ def _decide_hierarchy(
 ) -> Step | None:
     tags = hierarchy.tags
     wanted = cluster.intended_server(hierarchy)
-    revision = cluster.intent_revision(hierarchy)
     running = tags & local.running
     owners = cluster.owner_of(hierarchy)
+    if wanted != me and not running and me not in owners:
+        return None  # not wanted here, and nothing of it is here (most hierarchies)
+    revision = cluster.intent_revision(hierarchy)
     mine = (
         frozenset(t for t in tags if t in cluster.owners and cluster.owners[t].server == me)
         if me in owners
