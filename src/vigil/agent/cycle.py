@@ -118,8 +118,13 @@ class Cycle:
         while True:
             due = self.heartbeats.next_due() if self.trusted() and not self.paused else None
             wait = IDLE_CYCLE if due is None else min(IDLE_CYCLE, due + 0.001)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+            # just after a wake-up, and the loop would go on after the agent stopped it
+            woken = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait((woken,), timeout=wait)
+            finally:
+                woken.cancel()
             self.wake.clear()
             try:
                 await self.run_once()
