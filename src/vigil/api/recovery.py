@@ -112,11 +112,18 @@ async def events(
     items = [(kv.key, kv.value) for kv in snapshot.items if _event_id(kv.key) > after]
     if items or wait <= 0:
         return [_event(k, v) for k, v in items[-limit:]]
+    # a task and asyncio.wait: Python 3.11's timeouts mishandle a cancellation (the client
+    # went away) that coincides with the end of the wait
+    waiting = asyncio.ensure_future(_next_events(store, snapshot.revision + 1, after))
     try:
-        async with asyncio.timeout(min(wait, 60.0)):
-            items = await _next_events(store, snapshot.revision + 1, after)
-    except TimeoutError:
+        await asyncio.wait((waiting,), timeout=min(wait, 60.0))
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    if waiting.cancelled():
         return []
+    items = waiting.result()
     return [_event(k, v) for k, v in items[-limit:]]
 
 
