@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh demo) and run the demo: a 3-server lab, a protected HTTP
-# service extended to two backups, switched over and back, then the lab torn down.
+# Set up (scripts/setup.sh demo) and run the demo: a 3-server lab with a mail organisation
+# (directory, front-end), the mail service protected by the mail kit, switched over and
+# failed over while mail flows, every message read back; then the lab torn down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh demo

@@ -1,13 +1,9 @@
-"""The demo's steps (``vigil.lab.demo``): running ``vigil`` commands, building the
-hierarchy, and showing what a client of the service sees.
+"""The demo's general steps (``vigil.lab.demo``): running ``vigil`` commands with their
+secrets shown as where they come from, the comm paths, timing each step, what runs on
+each server, and waiting for the hierarchy to be in service somewhere.
 
-The hierarchy ``web`` protects the app kit's sample HTTP service; it depends on three
-resources, each created on node1 with a real ``vigil`` command printed before it runs::
-
-    web (app: the sample service, its counter on the volume)
-     ├── web-ip  (ip: 10.213.I.100, the address clients use)
-     ├── web-dns (dns: web.lab.example. → the address of the server in service)
-     └── web-vol (volume: the lab's shared disk, mounted at /srv/web)
+The mail-specific steps (the hierarchy, the client's view, the mail sent and read back)
+are in ``vigil.lab.demo_mail``.
 """
 
 from __future__ import annotations
@@ -17,34 +13,35 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import httpx
 
-from vigil.lab.disk import SharedDiskInfo
-from vigil.lab.dns import DnsServerInfo
+from vigil.lab.files import load_state
 from vigil.lab.info import LabInfo
 from vigil.lab.lab import Lab
-from vigil.lab.probe import client_view
+from vigil.lab.mail import MailOrgInfo
+from vigil.lab.mail.status import mail_status
 
-TAG = "web"
-PORT = 8080
-MOUNT_POINT = "/srv/web"
+TAG = "mail"
+VIP_TAG = "mail-ip"
+#: the switchable address clients use: 10.213.I.100
 VIP_OCTET = 100
 CLIENT = "client1"
-DNS_WHERE = "client50"
 
 
 @dataclass
 class Demo:
-    """Everything the demo built, and the last counter the client saw."""
+    """Everything the demo built, the secrets to hide, and how long each step took."""
 
     lab: Lab
     info: LabInfo
-    dns: DnsServerInfo
-    disk: SharedDiskInfo
-    last_counter: int = 0
+    org: MailOrgInfo
+    #: secret value → how a command line shows it (where an administrator reads it from)
+    secrets: dict[str, str] = field(default_factory=dict)
+    timings: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def vip(self) -> str:
@@ -53,25 +50,51 @@ class Demo:
     def address(self, server: str) -> str:
         return self.info.server(server).address
 
+    def server_of(self, address: str | None) -> str:
+        """The lab server whose own address ``address`` is ('?' if none)."""
+        found = [s.name for s in self.info.servers if s.address == address]
+        return found[0] if found else "?"
+
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
+def shown(demo: Demo, arg: str) -> str:
+    """``arg`` as a command line shows it: quoted, each secret replaced by the shell
+    expansion that reads it from its file."""
+    quoted = shlex.quote(arg)
+    for secret, source in demo.secrets.items():
+        if secret in arg:
+            # quote the text around the secret, then put the expansion in between
+            quoted = source.join(shlex.quote(part) if part else "" for part in arg.split(secret))
+    return quoted
+
+
 def vigil(demo: Demo, *args: str, check: bool = True) -> int:
-    """Print ``$ vigil ARGS`` (the TSIG secret shown as where it comes from) and run it."""
-    shown = []
-    for arg in args:
-        if demo.dns.secret in arg:
-            shown.append(arg.replace(demo.dns.secret, f'"$(cat {demo.dns.secret_file})"'))
-        else:
-            shown.append(shlex.quote(arg))
-    say(f"\n$ vigil {' '.join(shown)}")
+    """Print ``$ vigil ARGS`` (secrets shown as where they come from) and run it."""
+    line = " ".join(shown(demo, arg) for arg in args)
+    say(f"\n$ vigil {line}")
     env = {**os.environ, "VIGIL_CLIENT_CONFIG": str(demo.info.client_file)}
     done = subprocess.run([sys.executable, "-m", "vigil", *args], env=env, check=False)
     if check and done.returncode != 0:
-        raise SystemExit(f"demo: 'vigil {' '.join(shown)}' failed with exit code {done.returncode}")
+        raise SystemExit(f"demo: 'vigil {line}' failed with exit code {done.returncode}")
     return done.returncode
+
+
+@contextmanager
+def timed(demo: Demo, step: str) -> Iterator[None]:
+    """Record how long the block took, under ``step``."""
+    began = time.monotonic()
+    yield
+    demo.timings.append((step, time.monotonic() - began))
+
+
+def show_timings(demo: Demo) -> None:
+    width = max(len(step) for step, _ in demo.timings)
+    say("\nTimings:")
+    for step, seconds in demo.timings:
+        say(f"  {step:<{width}}  {seconds:6.2f}s")
 
 
 def comm_paths(demo: Demo) -> None:
@@ -86,127 +109,59 @@ def comm_paths(demo: Demo) -> None:
             )  # fmt: skip
 
 
-def service_commands() -> dict[str, str]:
-    """App-kit commands of the sample service, its counter kept on the volume."""
-    service = f"{sys.executable} -m vigil.kits.app.sample_service"
-    pidfile = "--pidfile $VIGIL_STATE_DIR/service.pid"
-    start = f"--bind 0.0.0.0 --port {PORT} --name $VIGIL_SERVER --data-dir {MOUNT_POINT}"
-    return {
-        "restore": f"{service} start {pidfile} {start}",
-        "remove": f"{service} stop {pidfile}",
-        "quick_check": f"{service} status {pidfile} --port {PORT}",
-    }
-
-
-def create_hierarchy(demo: Demo) -> None:
-    """The three resources below ``web``, then ``web`` and its dependencies, on node1."""
-    disk, dns = demo.disk, demo.dns
-    vigil(
-        demo, "resource", "create", f"{TAG}-vol", "--kit", "volume", "--server", "node1",
-        "-p", f"device={disk.device('node1')}", "-p", f"mount_point={MOUNT_POINT}",
-        "-p", f"filesystem_uuid={disk.uuid}",
-    )  # fmt: skip
-    vigil(
-        demo, "resource", "create", f"{TAG}-ip", "--kit", "ip", "--server", "node1",
-        "-p", f"address={demo.vip}", "-p", "prefix=24", "-p", "interface=eth0",
-    )  # fmt: skip
-    vigil(
-        demo, "resource", "create", f"{TAG}-dns", "--kit", "dns", "--server", "node1",
-        "-p", f"zone={dns.zone}", "-p", f"name={TAG}", "-p", f'servers=["{dns.endpoint}"]',
-        "-p", f"tsig_key={dns.key_name}", "-p", f"tsig_secret={dns.secret}",
-        "-p", f"address={demo.address('node1')}", "-p", "ttl=5",
-    )  # fmt: skip
-    props = [f"--property={name}={command}" for name, command in service_commands().items()]
-    vigil(demo, "resource", "create", TAG, "--kit", "app", "--server", "node1", *props)
-    for child in ("ip", "dns", "vol"):
-        vigil(demo, "dependency", "create", TAG, f"{TAG}-{child}")
-
-
-def extend(demo: Demo, server: str, priority: int) -> None:
-    """Extend the hierarchy; the volume on ``server``'s own loop device onto the disk."""
-    device = f"{TAG}-vol.device={demo.disk.device(server)}"
-    vigil(demo, "extend", TAG, "--to", server, "--priority", str(priority), "-p", device)
-
-
 def where_it_runs(demo: Demo) -> str:
-    """Per server: whether the address is up there and the volume mounted there."""
+    """Per server: the service address, the mail store's mount, the mail daemons."""
+    state = load_state(demo.lab.names.state_file)
+    mail = mail_status(demo.lab.names, state)
+    rows = {row.name: row for row in mail.servers} if mail else {}
     parts = []
     for server in demo.info.servers:
         addresses = demo.lab.exec(
             server.name, ["ip", "-4", "-br", "addr", "show", "dev", "eth0"],
             capture_output=True, text=True, timeout=10,
         ).stdout  # fmt: skip
-        mounted = demo.lab.exec(
-            server.name, ["findmnt", "-n", "-o", "SOURCE", "--mountpoint", MOUNT_POINT],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        has = [f"{demo.vip} up"] if f" {demo.vip}/" in addresses else []
-        has += [f"{MOUNT_POINT} mounted ({mounted})"] if mounted else []
-        parts.append(f"{server.name}: {', '.join(has) or '-'}")
+        has = [demo.vip] if f" {demo.vip}/" in addresses else []
+        row = rows.get(server.name)
+        if row is not None:
+            has += [str(demo.org.mail_root)] if row.store_mounted else []
+            has += [name for name, up in (("postfix", row.postfix), ("dovecot", row.dovecot)) if up]
+        parts.append(f"{server.name}: {' '.join(has) or '-'}")
     return "; ".join(parts)
 
 
-def _answer(seen: dict[str, Any]) -> tuple[str, int | None]:
-    if "answer" not in seen:
-        return f"no answer ({seen.get('error', '?')})", None
-    lines = seen["answer"]
-    counter = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
-    return f"answered by {lines[0]}, counter {lines[1] if len(lines) > 1 else '?'}", counter
-
-
-def show_client_view(demo: Demo) -> dict[str, Any]:
-    """Run the probe in the client and print what it saw; returns it."""
-    client = demo.lab.names.client_address(CLIENT)
-    seen = client_view(
-        demo.lab, CLIENT, address=demo.vip, port=PORT, name=demo.dns.fqdn(TAG),
-        dns=demo.dns.address, dns_port=demo.dns.port,
-    )  # fmt: skip
-    say(f"\nWhat the client ({CLIENT}, {client}, another network namespace) sees:")
-    text, first = _answer(seen["by_address"])
-    say(f"  by address  GET http://{demo.vip}:{PORT}/  -> {text}")
-    named = seen["by_name"]
-    resolved = ", ".join(named.get("resolved", [])) or "-"
-    text, second = _answer(named)
-    say(f"  by name     {named['name']} -> {resolved} (asked {demo.dns.address}) -> {text}")
-    counters = [c for c in (first, second) if c is not None]
-    if counters:
-        kept = "kept" if min(counters) > demo.last_counter else "LOST"
-        say(
-            f"  data        the counter lives on the volume: {demo.last_counter} before, "
-            f"{max(counters)} now ({kept})"
-        )
-        demo.last_counter = max(counters)
-    say(f"  servers     {where_it_runs(demo)}")
-    return seen
-
-
-def status_of(demo: Demo, server: str) -> dict[str, str]:
-    """server → state of ``web`` as ``server``'s agent reports it ({} if unreachable)."""
+def states_seen_by(demo: Demo, server: str) -> dict[str, dict[str, str]]:
+    """tag → {server: state} of the hierarchy's resources, as ``server``'s agent reports
+    them ({} if it cannot be reached)."""
     token = demo.info.tokens["administrator"]
     try:
         reply = httpx.get(
-            f"{demo.info.server(server).api_url}/v1/resources/{TAG}",
+            f"{demo.info.server(server).api_url}/v1/status",
             headers={"authorization": f"Bearer {token}"},
             timeout=2.0,
             trust_env=False,
         )
-        instances = reply.json()["instances"]
-    except (httpx.HTTPError, ValueError, KeyError):
+        views = reply.json()["hierarchies"]
+        resources = next(v["resources"] for v in views if TAG in [r["tag"] for r in v["resources"]])
+        return {r["tag"]: {i["server"]: i["state"] for i in r["instances"]} for r in resources}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration):
         return {}
-    return {i["server"]: i["state"] for i in instances}
 
 
 def wait_in_service(demo: Demo, server: str, ask: str, timeout: float = 60.0) -> float:
-    """Wait until ``ask``'s agent reports ``web`` in service on ``server`` and the client
-    gets an answer from it by the address; seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if status_of(demo, ask).get(server) == "ISP":
-            url = f"http://{demo.vip}:{PORT}/health"
-            seen = demo.lab.client_exec(
-                CLIENT, ["curl", "-s", "-m", "1", url], capture_output=True, timeout=10
-            )
-            if seen.returncode == 0:
-                return time.monotonic() - started
+    """Wait until ``ask``'s agent reports every resource of the hierarchy in service on
+    ``server``; seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        states = states_seen_by(demo, ask)
+        if states and all(s.get(server) == "ISP" for s in states.values()):
+            return time.monotonic() - began
         time.sleep(0.1)
     raise SystemExit(f"demo: {TAG} did not come in service on {server} within {timeout:g}s")
+
+
+def server_file(demo: Demo, server: str, name: str) -> str:
+    """A file of ``server`` under the lab's root ('' if missing)."""
+    try:
+        return (demo.lab.names.server_dir(server) / name).read_text(errors="replace")
+    except OSError:
+        return ""
