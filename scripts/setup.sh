@@ -12,6 +12,7 @@ debs+=(bind9 bind9-utils)
 # the mail organisation (vigil lab up --mail) and the mail kit: Postfix, Dovecot, OpenLDAP;
 # installed without configuring or starting a system instance (preseeded below)
 mail_debs=(postfix postfix-ldap dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-ldap
+    dovecot-sieve
     slapd ldap-utils)
 debs+=("${mail_debs[@]}")
 if [ "$purpose" = test ]; then

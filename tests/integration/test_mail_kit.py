@@ -165,6 +165,24 @@ def test_the_password_is_sealed_in_the_store(lab: tuple[Cluster, MailOrgInfo]) -
     assert b"vigil-sealed:v1:" in value
 
 
+def test_a_message_sent_again_after_a_lost_250_is_delivered_once(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    """SMTP's window: a server fenced after it queued a message but before its 250 reached
+    the front-end gets the message again from the front-end (after the failover). The
+    second copy, with the same Message-ID, is discarded at delivery (Sieve's duplicate)."""
+    _, org = lab
+    user = org.users[5]
+    message_id = "<vigil-duplicate-test@lab.example>"
+    for _ in range(2):
+        org.send("client1", user, "sent twice", message_id=message_id)
+    org.send("client1", user, "sent once")
+    wait_until(lambda: "sent once" in {s for _, s in org.fetch("client1", user)}, 60, "delivery")
+    time.sleep(1)  # the second copy was queued before "sent once": it had its chance
+    subjects = [s for _, s in org.fetch("client1", user)]
+    assert subjects.count("sent twice") == 1, subjects
+
+
 # --- extend --------------------------------------------------------------------------------
 
 

@@ -113,7 +113,8 @@ async def _boot_units(ctx: KitContext, props: MailProperties) -> list[str]:
             problems.append(
                 f"the {unit} service is enabled at boot on {ctx.server}: it would start outside "
                 f"vigil's control; disable it with `systemctl disable {unit}` (and turn it back "
-                "on after deleting the hierarchy: `vigil mail set-service-mode TAG auto`)"
+                f"on after deleting the hierarchy: `vigil mail set-service-mode auto --server "
+                f"{ctx.server}`)"
             )
     return problems
 

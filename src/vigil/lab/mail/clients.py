@@ -90,14 +90,16 @@ def _expect(code: int, reply: bytes, wanted: int, what: str, where: str) -> str:
     return text
 
 
-def message(sender: str, to: list[str], subject: str, body: str) -> EmailMessage:
-    """A plain text message with a fresh ``Message-ID``."""
+def message(
+    sender: str, to: list[str], subject: str, body: str, message_id: str | None = None
+) -> EmailMessage:
+    """A plain text message with ``message_id`` (default: a fresh ``Message-ID``)."""
     made = EmailMessage()
     made["From"] = sender
     made["To"] = ", ".join(to)
     made["Subject"] = subject
     made["Date"] = formatdate(localtime=False)
-    made["Message-ID"] = make_msgid(domain=DOMAIN)
+    made["Message-ID"] = message_id or make_msgid(domain=DOMAIN)
     made.set_content(body)
     return made
 
@@ -112,11 +114,12 @@ def send(
     subject: str,
     body: str,
     timeout: float = TIMEOUT,
+    message_id: str | None = None,
 ) -> tuple[str, str]:
     """Send one message over SMTP to ``via:port`` from inside ``netns``; returns its
     ``Message-ID`` and the server's final reply (``250 2.0.0 Ok: queued as ...``).
     ``MailClientError`` unless every step (MAIL, each RCPT, DATA) got 250."""
-    made = message(sender, to, subject, body)
+    made = message(sender, to, subject, body, message_id)
     where = f"{via}:{port}"
 
     def talk() -> str:

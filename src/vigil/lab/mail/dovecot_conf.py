@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vigil.lab.mail.paths import (
+    DEDUP_SIEVE,
     DOMAIN,
     DOVECOT_BASE_DIR,
     DOVECOT_LOG,
@@ -124,9 +125,24 @@ def server(*, ldap_file: Path, frontend_address: str) -> str:
         + f"  args = uid={MAIL_UID} gid={MAIL_GID} home={_MAILDIR} allow_all_users=yes\n}}\n"
         + "service lmtp {\n  unix_listener lmtp {\n"
         + "    user = postfix\n    group = postfix\n    mode = 0600\n  }\n}\n"
-        + f"protocol lmtp {{\n  postmaster_address = postmaster@{DOMAIN}\n}}\n"
+        + f"protocol lmtp {{\n  postmaster_address = postmaster@{DOMAIN}\n"
+        + "  mail_plugins = $mail_plugins sieve\n}\n"
+        + f"plugin {{\n  sieve_before = {DEDUP_SIEVE}\n}}\n"
         + _NO_TLS_LISTENERS
     )
+
+
+#: the Sieve script every delivery runs first: a message whose Message-ID this mailbox
+#: has had already is discarded (RFC 7352 duplicate; the record is kept in the user's home
+#: on the mail store, so it moves with the hierarchy). SMTP has a window in which a message
+#: is queued on the server but its 250 never reaches the sender (the server was fenced
+#: right then): the sender sends it again, and without this the user would get it twice.
+DEDUP_SCRIPT = """require ["duplicate"];
+if duplicate {
+  discard;
+  stop;
+}
+"""
 
 
 def server_ldap(directory_url: str) -> str:

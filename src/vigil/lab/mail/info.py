@@ -207,6 +207,7 @@ class MailOrgInfo:
         via: str | None = None,
         port: int = paths.SMTP_PORT,
         sender: str | None = None,
+        message_id: str | None = None,
     ) -> str:
         """Send a message from ``host`` over SMTP (to the front-end unless ``via``);
         returns its ``Message-ID``. ``MailClientError`` with the server's reply unless
@@ -220,6 +221,7 @@ class MailOrgInfo:
             to=recipients,
             subject=subject,
             body=body or subject,
+            message_id=message_id,
         )
         return message_id
 

@@ -47,6 +47,8 @@ PRIVATE_DIRS = {"etc": ETC_DIR, "lib": LIB_DIR, "log": LOG_DIR, "run": RUN_DIR}
 POSTFIX_DIR = ETC_DIR / "postfix"
 DOVECOT_DIR = ETC_DIR / "dovecot"
 DOVECOT_CONF = DOVECOT_DIR / "dovecot.conf"
+#: the Sieve script that discards a second copy of a message (see dovecot_conf)
+DEDUP_SIEVE = DOVECOT_DIR / "dedup.sieve"
 POSTFIX_DATA_DIR = LIB_DIR / "postfix"
 DOVECOT_STATE_DIR = LIB_DIR / "dovecot"
 DOVECOT_BASE_DIR = RUN_DIR / "dovecot"

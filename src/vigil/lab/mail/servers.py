@@ -27,6 +27,7 @@ from pathlib import Path
 from vigil.errors import LabError
 from vigil.lab.mail import dovecot_conf, postfix_conf
 from vigil.lab.mail.paths import (
+    DEDUP_SIEVE,
     DOVECOT_CONF,
     DOVECOT_DIR,
     DOVECOT_LDAP,
@@ -123,6 +124,12 @@ def write_config(
         ldap_file=DOVECOT_CONF.with_name(DOVECOT_LDAP), frontend_address=frontend_address
     )
     write_file(_inside(private, DOVECOT_CONF), text, 0o644)
+    script = _inside(private, DEDUP_SIEVE)
+    write_file(script, dovecot_conf.DEDUP_SCRIPT, 0o644)
+    # compiled here: the delivery (as the mail user) could not write the binary next to it
+    done = subprocess.run(["sievec", str(script)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LabError(f"sievec {script}: {done.stderr.strip() or done.stdout.strip()}")
     # Postfix's data_directory must belong to its mail owner; post-install would fix the
     # mode but not create the parent
     data = private / "lib" / "postfix"
