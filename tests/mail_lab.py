@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.faults.cluster import Cluster, lab_up, wait_until
+from vigil.errors import LabError
+from vigil.lab.info import LabInfo
 from vigil.lab.lab import Lab
 from vigil.lab.mail import MailOrgInfo, MailUser
 from vigil.lab.mail.clients import MailClientError
@@ -41,14 +43,15 @@ PRIORITIES = {"node1": 1, "node2": 10, "node3": 20}
 
 @contextmanager
 def mail_cluster(
-    name: str, subnet: int, store: str = "embedded", users: int = 10
+    name: str, subnet: int, store: str = "embedded", users: int = 10, store_members: int = 1
 ) -> Iterator[tuple[Cluster, MailOrgInfo]]:
-    """A lab of three servers with the mail organisation, driven through the API."""
+    """A lab of three servers with the mail organisation, driven through the API;
+    ``store_members``: the etcd members of a lab on etcd (1, 3 or 5)."""
     lab = Lab(name, subnet_index=subnet)
     lab.down()  # leftovers of an earlier crashed run
     cluster = None
     try:
-        info = lab_up(lab, 3, store)
+        info = lab_up(lab, 3, store) if store_members == 1 else _up_etcd(lab, store_members)
         cluster = Cluster(lab, info, store)
         lab.add_client("client1")
         org = lab.add_mail_org(users=users)
@@ -67,6 +70,17 @@ def mail_cluster(
         if cluster is not None:
             cluster.close()
         lab.down()
+
+
+def _up_etcd(lab: Lab, members: int) -> LabInfo:
+    """``lab_up`` on an etcd of ``members`` members (tried twice, as ``lab_up`` does)."""
+    try:
+        return lab.up(3, store="etcd", store_members=members)
+    except LabError as exc:
+        if "exited before answering its health check" not in str(exc):
+            raise
+        lab.down()
+        return lab.up(3, store="etcd", store_members=members)
 
 
 def vip(cluster: Cluster) -> str:
