@@ -19,6 +19,13 @@ Example::
     request_timeout = 0.25    # one renewal may take this long
     safety_margin = 0.5       # stop this long before the lease can expire elsewhere
 
+    [web]                     # the web UI at /ui/ (vigil.web): people log in through PAM
+    pam_service = "vigil"     # /etc/pam.d/vigil, else PAM's "other" (Debian: common-auth)
+    admin_group = "vigil-admin"   # operating-system groups -> the seed's roles
+    operator_group = "vigil-oper"
+    guest_group = "vigil-guest"
+    session_timeout = 28800   # seconds a login lasts
+
 The timing rule (checked here, refused when unsafe): a holder that cannot renew must have
 time to take its hierarchies out of service before anyone else may take them over, so
 ``renew_interval + 2 * request_timeout + safety_margin <= ttl``. The holder counts from
@@ -76,6 +83,19 @@ class LeaseSettings(BaseModel):
         return self
 
 
+class WebSettings(BaseModel):
+    """The web UI: which PAM service checks passwords, which operating-system group gives
+    which role (the seed's lkadmin, lkoper, lkguest), how long a login lasts."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    pam_service: str = Field("vigil", min_length=1)
+    admin_group: str = "vigil-admin"
+    operator_group: str = "vigil-oper"
+    guest_group: str = "vigil-guest"
+    session_timeout: float = Field(8 * 3600.0, gt=0)
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: str
@@ -89,6 +109,7 @@ class AgentConfig(BaseModel):
     secrets_key_file: Path | None = None
     api: ApiSettings = Field(default_factory=ApiSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _names(self) -> AgentConfig:

@@ -27,6 +27,7 @@ from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
 from vigil.errors import VigilError
 from vigil.model.policies import StopMode
+from vigil.web import end_streams
 
 log = logging.getLogger("vigil.agent")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -115,6 +116,7 @@ async def run(config: AgentConfig) -> None:
             agent.stop(StopMode.MAINTENANCE if leave_resources else None)
 
         app = create_app(operations, tokens, stop)
+        app.state.web = config.web
         server = _ApiServer(
             uvicorn.Config(
                 app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off"
@@ -124,6 +126,7 @@ async def run(config: AgentConfig) -> None:
         try:
             await asyncio.shield(serving)
         except asyncio.CancelledError:
+            end_streams(app)  # the web UI's live streams: uvicorn waits for open responses
             server.should_exit = True  # let uvicorn finish its requests and close
             await serving
 

@@ -238,6 +238,27 @@ class Operations:
         detail = f"fixed before extending: {'; '.join(fixed)}" if fixed else ""
         return Outcome(change.summary, detail=detail, revision=revision)
 
+    async def preview_extend(self, tag: str) -> dict[str, Any]:
+        """What ``extend`` to this server would do, without doing it (the web UI's extend
+        wizard): the default priority and, per resource, the per-server properties it would
+        store here (given none: the kit's proposals over the template's values, secrets
+        masked) and the problems its pre-extend checks find. Refused as ``extend`` is."""
+        cluster = await self.cluster()
+        change, priority = changes.extend(cluster, tag, self.server, None)
+        resources = {}
+        for member, resource in sorted(change.resources.items()):
+            candidate, problems, _ = await self._prepare_extend(cluster, resource, {}, False)
+            kit = self.runner.kit(resource.kit)
+            secret = kit.Properties.secret_fields()
+            values = candidate.server_properties.get(self.server, {})
+            resources[member] = {
+                "kit": resource.kit,
+                "per_server": sorted(kit.Properties.per_server_fields()),
+                "values": {k: ("********" if k in secret else v) for k, v in values.items()},
+                "problems": problems,
+            }
+        return {"server": self.server, "priority": priority, "resources": resources}
+
     async def _prepare_extend(
         self, cluster: Cluster, resource: Resource, override: Mapping[str, Any], fix: bool
     ) -> tuple[Resource, list[str], list[str]]:

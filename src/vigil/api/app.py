@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from vigil import __version__
+from vigil import __version__, web
 from vigil.agent.operations import Operations
 from vigil.api import mail, recovery, schemas, views
 from vigil.api.auth import Authenticator, Who
@@ -48,6 +48,7 @@ def create_app(
     app.state.stop_agent = stop_agent or (lambda leave_resources: None)
     app.include_router(recovery.router)
     app.include_router(mail.router)
+    app.include_router(web.router)
 
     @app.get("/v1/health", tags=["health"])
     async def health() -> dict[str, str]:

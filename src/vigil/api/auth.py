@@ -3,6 +3,9 @@
 * guest — may look (status, properties, events);
 * operator — may also bring hierarchies in and out of service (switchover);
 * administrator — may do everything: create, extend, delete, properties, comm paths.
+
+Scripts send a token; people logged in to the web UI send its session cookie instead
+(``vigil.api.sessions``: a session from a PAM login, with a CSRF token on every change).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from vigil.agent.config import TokensFile
+from vigil.api.sessions import COOKIE, session_caller
 from vigil.errors import AuthError
 
 RANKS = {"guest": 0, "operator": 1, "administrator": 2}
@@ -53,7 +57,11 @@ class Authenticator:
         raise AuthError("unknown token: check the token given to vigil (--token or VIGIL_TOKEN)")
 
 
-def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+async def _caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    if not authorization and COOKIE in request.cookies:
+        return Caller(*await session_caller(request))
     authenticator: Authenticator = request.app.state.auth
     return authenticator.caller(authorization)
 

@@ -1,7 +1,8 @@
 """Forwarding a request to the agent of the server it concerns.
 
 Kit checks (create, extend) and agent control (stop) must run on the target server; any
-agent accepts the request and passes it on unchanged, token included."""
+agent accepts the request and passes it on unchanged, its credentials included (a token, or
+a web session's cookie and CSRF token: sessions are in the store, every agent knows them)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ FORWARD_TIMEOUT = 300.0
 CATCH_UP = 5.0
 
 
+def credentials(request: Request) -> dict[str, str]:
+    """The caller's credentials, to pass on: its token, or its session cookie and CSRF
+    token."""
+    names = ("authorization", "cookie", "x-csrf-token")
+    return {name: request.headers[name] for name in names if name in request.headers}
+
+
 async def call_agent(
     operations: Operations, server: str, method: str, path: str, body: Any, request: Request
 ) -> httpx.Response:
@@ -28,7 +36,7 @@ async def call_agent(
     cluster = await operations.cluster()
     changes.require_alive(cluster, server)
     url = cluster.servers[server].api_url + path
-    headers = {"authorization": request.headers.get("authorization", "")}
+    headers = credentials(request)
     try:
         async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
             return await client.request(method, url, json=body, headers=headers)
@@ -45,10 +53,7 @@ async def forward_to(operations: Operations, server: str, request: Request) -> J
     url = cluster.servers[server].api_url + request.url.path
     if request.url.query:
         url += f"?{request.url.query}"
-    headers = {
-        "authorization": request.headers.get("authorization", ""),
-        "content-type": "application/json",
-    }
+    headers = {**credentials(request), "content-type": "application/json"}
     try:
         async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False) as client:
             answer = await client.request(
