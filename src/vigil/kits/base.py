@@ -22,6 +22,12 @@ quick_check         often, while in service    three-state, read-only, cheap
 deep_check          less often                 three-state, read-only, thorough
 recover             after a failed check       local recovery; True when it worked
 delete              on delete/unextend         cleans up what create/extend made there
+eligible            often, on every server     whether this server may take the resource
+                    the resource is extended   over now, and why not (read-only; default:
+                    to                         it may)
+standby             often, where the resource  keeps a standby ready (a mirror target's
+                    is extended but not in     receiver); idempotent; default: nothing
+                    service
 ==================  =========================  ==============================================
 
 Failures are raised as ``KitError`` with a severity: SOFT (recover here), HARD (move the
@@ -58,6 +64,8 @@ class Action(StrEnum):
     DEEP_CHECK = "deep_check"
     RECOVER = "recover"
     DELETE = "delete"
+    ELIGIBLE = "eligible"
+    STANDBY = "standby"
 
 
 class CheckStatus(StrEnum):
@@ -102,6 +110,8 @@ class Timeouts:
     recover: float = 60.0
     validate: float = 30.0
     delete: float = 30.0
+    eligible: float = 10.0
+    standby: float = 30.0
 
     def for_action(self, action: Action) -> float:
         name = {
@@ -112,6 +122,24 @@ class Timeouts:
         }.get(action, action.value)
         value: float = getattr(self, name)
         return value
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """The answer of ``eligible``: whether this server may take the resource over now
+    (DESIGN.md section 4: the engine skips a server whose kits say no), with the reason
+    shown to an administrator (why not, or a note: "mirroring, in sync")."""
+
+    eligible: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls, reason: str = "") -> Eligibility:
+        return cls(True, reason)
+
+    @classmethod
+    def no(cls, reason: str) -> Eligibility:
+        return cls(False, reason)
 
 
 @dataclass(frozen=True)
@@ -344,6 +372,28 @@ class Kit(abc.ABC):
     def fence_actions(self, ctx: KitContext) -> FenceActions:
         """What the fence guard must undo for this resource (beyond killing its cgroup)."""
         return FenceActions()
+
+    # --- failover eligibility and standby -------------------------------------------------
+
+    async def eligible(self, ctx: KitContext) -> Eligibility:
+        """Whether ``ctx.server`` may take the resource over now (restore it as the new
+        active server), and why not: a mirror target that is not in sync may not. Called
+        by the agent on every server the resource is extended to, in service or not;
+        read-only and cheap. The agent records the answer in the store (bound to its
+        lease) whenever it changes, and the engine never chooses a server whose answer is
+        no. Default: eligible (kits that do not override it record nothing)."""
+        return Eligibility.yes()
+
+    @classmethod
+    def has_eligibility(cls) -> bool:
+        """Whether the kit has its own eligibility rules (overrides ``eligible``)."""
+        return cls.eligible is not Kit.eligible
+
+    async def standby(self, ctx: KitContext) -> None:
+        """Keep what a standby of the resource needs running on ``ctx.server``, where the
+        resource is extended but not in service (a mirror target's receiver). Called by
+        the agent every few seconds; idempotent; never brings the resource in service.
+        Default: nothing."""
 
     # --- service actions ----------------------------------------------------------------
 
