@@ -354,7 +354,9 @@ def delete_hierarchy(cluster: Cluster, tag: str) -> Change:
 
 
 def bring_in_service(cluster: Cluster, tag: str, server: str, requested_by: str) -> Change:
-    """Want the hierarchy of ``tag`` in service on ``server`` (a switchover if elsewhere)."""
+    """Want the hierarchy of ``tag`` in service on ``server`` (a switchover if elsewhere).
+    Refused (``Conflict``) when a kit on ``server`` says it may not take it over now (a
+    mirror target not in sync), with the kit's reason."""
     require_resource(cluster, tag)
     require_server(cluster, server)
     hierarchy = cluster.hierarchy(tag)
@@ -362,6 +364,9 @@ def bring_in_service(cluster: Cluster, tag: str, server: str, requested_by: str)
         raise Conflict(f"{hierarchy.name} is not extended to {server}: extend it first")
     require_alive(cluster, server)
     current = cluster.intended_server(hierarchy)
+    refused = cluster.ineligible(server, hierarchy.tags) if current != server else None
+    if refused:
+        raise Conflict(f"{hierarchy.name} cannot be brought in service on {server}: {refused}")
     verb = "switchover" if current and current != server else "in service"
     reason = f"{verb} requested by {requested_by}" + (
         f" (from {current})" if verb == "switchover" else ""

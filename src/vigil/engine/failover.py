@@ -2,8 +2,10 @@
 
 Pure rules (DESIGN.md section 4). The target of a failover is the preferred server (lowest
 priority number) that is alive, not stopped or in maintenance, has the hierarchy extended,
-passes the N+1 rule, and has not already failed to restore it in this failover. When none
-qualifies the hierarchy stays out of service and the reason says why.
+passes its kits' eligibility (what its agent last reported: a mirror target that is not
+in sync is not eligible), passes the N+1 rule, and has not already failed to restore it in
+this failover. When none qualifies the hierarchy stays out of service and the reason says
+why.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def ineligibility(
         return f"{server} is stopped ({cluster.stopped[server]})"
     if server not in cluster.hierarchy_servers(hierarchy):
         return f"{hierarchy.name} is not extended to {server}"
-    return n_plus_one_conflict(cluster, hierarchy, server)
+    return cluster.ineligible(server, hierarchy.tags) or n_plus_one_conflict(
+        cluster, hierarchy, server
+    )
 
 
 def choose_target(cluster: Cluster, hierarchy: Hierarchy, exclude: tuple[str, ...] = ()) -> Target:

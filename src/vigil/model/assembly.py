@@ -33,6 +33,7 @@ _COPIED = {
     "serverpolicy": "server_policies",
     "stopped": "stopped",
     "confirm": "confirmations",
+    "eligible": "eligibility",
 }
 
 

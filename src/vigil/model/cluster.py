@@ -137,6 +137,19 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class EligibilityReport:
+    """What the agent of ``server`` last found about whether it may take ``tag`` over (its
+    kit's ``eligible`` answer): the engine never chooses a server whose answer is no. Only
+    kits with their own rules (a mirror) report; no report means eligible."""
+
+    tag: str
+    server: str
+    eligible: bool
+    reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
 class Intent:
     """Where an operator or the engine wants a resource in service; None: nowhere.
 
@@ -225,6 +238,8 @@ class Cluster:
     stopped: Mapping[str, StopMode] = field(default_factory=dict)
     #: hierarchy name -> operator's answer to a pending failover confirmation (None: none yet)
     confirmations: Mapping[str, Confirmation] = field(default_factory=dict)
+    #: (server, tag) -> that server's kit's answer: may it take the resource over now?
+    eligibility: Mapping[tuple[str, str], EligibilityReport] = field(default_factory=dict)
 
     def evolve(self, **changes: object) -> Cluster:
         """A copy with ``changes`` (as ``dataclasses.replace``). What this view derived
@@ -377,6 +392,18 @@ class Cluster:
         policy: HierarchyPolicy = parse_policy(HierarchyPolicy, values, hierarchy.name)
         self._hierarchy_policies[hierarchy.name] = policy
         return policy
+
+    def ineligible(self, server: str, tags: frozenset[str]) -> str | None:
+        """Why the kits on ``server`` say it may not take these resources over now ("mirror
+        target not in sync"), or None when none says no (no report: eligible)."""
+        refusals = []
+        for tag in sorted(tags):
+            report = self.eligibility.get((server, tag))
+            if report is not None and not report.eligible:
+                refusals.append(f"{tag}: {report.reason}" if report.reason else tag)
+        if not refusals:
+            return None
+        return f"{server} is not eligible ({'; '.join(refusals)})"
 
     def intent(self, hierarchy: Hierarchy) -> Intent | None:
         return self.intents.get(hierarchy.name)

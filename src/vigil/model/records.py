@@ -20,6 +20,8 @@ Key layout of the cluster (all under ``PREFIX``; what an agent reads and watches
     serverpolicy/<server>       ServerPolicyRecord the server's recovery/failover policies
     stopped/<server>            StoppedRecord     the server was stopped on purpose
     confirm/<hierarchy>         ConfirmRecord     a failover waiting for an operator
+    eligible/<server>/<tag>     EligibleRecord    bound to the agent's lease: its kit's
+                                                  answer to "may it take <tag> over now?"
 
 The cluster event log lives beside it, under ``EVENTS_PREFIX`` (``/vigil-events/``, not
 under ``/vigil/``), so that reading and watching the cluster never touches history::
@@ -44,6 +46,7 @@ from vigil.model.cluster import (
     CommPath,
     Confirmation,
     Dependency,
+    EligibilityReport,
     Intent,
     Observed,
     Ownership,
@@ -182,6 +185,12 @@ class StateRecord(Record):
     intent_revision: int = 0
 
 
+class EligibleRecord(Record):
+    eligible: bool
+    reason: str = ""
+    since: float = 0.0
+
+
 class ConfigRecord(Record):
     changed_at: float = 0.0
     summary: str = ""
@@ -215,6 +224,7 @@ KINDS = (
     "confirm",
     "owner",
     "state",
+    "eligible",
 )
 
 
@@ -239,6 +249,7 @@ class Item:
     confirm         hierarchy              ``Confirmation``
     owner           tag                    ``Ownership``
     state           ``(server, tag)``      ``Observed``
+    eligible        ``(server, tag)``      ``EligibilityReport``
     ==============  =====================  ==============================================
     """
 
@@ -331,6 +342,12 @@ def _state(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
     return (server, tag), Observed(tag, server, s.state, s.reason, s.since, s.intent_revision)
 
 
+def _eligible(rest: str, value: bytes, create: int, mod: int) -> _Parsed:
+    server, _, tag = rest.partition("/")
+    e = _load(EligibleRecord, value)
+    return (server, tag), EligibilityReport(tag, server, e.eligible, e.reason, e.since)
+
+
 _PARSERS: dict[str, Callable[[str, bytes, int, int], _Parsed]] = {
     "config": _config,
     "servers": _server,
@@ -345,6 +362,7 @@ _PARSERS: dict[str, Callable[[str, bytes, int, int], _Parsed]] = {
     "confirm": _confirm,
     "owner": _owner,
     "state": _state,
+    "eligible": _eligible,
 }
 
 
