@@ -18,6 +18,8 @@ debs+=("${mail_debs[@]}")
 if [ "$purpose" = test ]; then
     # real services only the tests run: etcd (store); BIND's dig and nsupdate
     debs+=(etcd-server etcd-client bind9-dnsutils)
+    # the web UI's browser tests: Debian's Chromium, driven by playwright (launched by path)
+    debs+=(chromium fonts-dejavu-core)
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -50,4 +52,15 @@ if [ ! -e "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
     .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     touch "$stamp"
+fi
+
+# The web UI's browser tests take axe-core (and the released htmx, to check the vendored
+# copy) from npm, as tests/web/package-lock.json pins them.
+if [ "$purpose" = test ]; then
+    npm_stamp=tests/web/node_modules/.vigil-lock-$(sha256sum tests/web/package-lock.json | cut -c1-16)
+    if [ ! -e "$npm_stamp" ]; then
+        echo "vigil setup: installing tests/web's npm packages from package-lock.json"
+        npm ci --prefix tests/web --no-audit --no-fund --loglevel=error >/dev/null
+        touch "$npm_stamp"
+    fi
 fi
