@@ -34,6 +34,7 @@ from vigil.agent.lease import LeaseKeeper
 from vigil.agent.paths import PathMonitor
 from vigil.agent.probe import probe
 from vigil.agent.secrets import SecretBox
+from vigil.agent.standby import StandbyKeeper
 from vigil.engine import failover
 from vigil.engine.order import remove_waves
 from vigil.engine.plan import Step, StepKind
@@ -119,6 +120,11 @@ class Agent:
             asyncio.create_task(self.cycle.loop(), name="loop"),
             asyncio.create_task(paths.run(lambda: self.cluster), name="paths"),
             asyncio.create_task(housekeeping.run(self.store, self.server, lambda: self.cluster)),
+            # kits' standbys and eligibility (a mirror target's receiver and its sync state)
+            asyncio.create_task(
+                StandbyKeeper(self.actor, lambda: self.cluster, self.cycle.is_busy).run(),
+                name="standby",
+            ),
         ]
         api = asyncio.create_task(serve_api(self), name="api") if serve_api else None
         log.info(
