@@ -23,7 +23,7 @@ from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
 from vigil.api.sessions import COOKIE, SESSIONS_PREFIX
 from vigil.kits.registry import load_kits
-from vigil.model.records import ServerRecord, key
+from vigil.model.records import ResourceRecord, ServerRecord, key
 from vigil.store.base import Store
 from vigil.store.embedded import EmbeddedStore
 from vigil.web.forms import kit_fields
@@ -173,3 +173,19 @@ def test_a_failover_timeline_is_timed_step_by_step() -> None:
     assert timeline.steps[0].label == "last heartbeat of the dead server"
     assert timeline.steps[4].label == "web in service (ISP)"
     assert timeline.ok and round(timeline.total, 2) == 2.5
+
+
+async def test_the_mail_page_reads_the_mail_api(
+    app: Any, store: Store, people: dict[str, Person]
+) -> None:
+    """A mail hierarchy's page asks the mail API for the failed-users log and the services
+    (the browser tests' lab has no mail organisation; tests/integration covers the API)."""
+    record = ResourceRecord(tag="mail", kit="mail", instances={"n1": 1})
+    await store.put(key("resources", "mail"), record.dump())
+    async with client(app) as browser:
+        await log_in(browser, people["guest"])
+        page = await browser.get("/ui/mail/mail")
+        assert page.status_code == 200
+        assert 'data-api-get="/v1/mail/mail/failed-users"' in page.text
+        assert 'data-api-get="/v1/mail/mail/services"' in page.text
+        assert (await browser.get("/ui/mail/nothing")).status_code == 404
