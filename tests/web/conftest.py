@@ -86,7 +86,7 @@ def vigil_cli(info: LabInfo, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Lab, LabInfo]]:
     """Three servers, a comm path between each pair, and the hierarchy ``web`` (the sample
     HTTP service) in service on node1, extended to node2 and node3."""
@@ -119,8 +119,10 @@ def lab() -> Iterator[tuple[Lab, LabInfo]]:
         built.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module: playwright's sync API holds an event loop in this thread
+    while it runs, which the asyncio tests of the next module must not meet."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (scripts/setup.sh test installs it)")
     from playwright.sync_api import sync_playwright

@@ -19,13 +19,13 @@
   const canAdminister = () => role() === "administrator";
 
   // --- messages -----------------------------------------------------------------------
-  function show(text, problems, isError) {
+  function show(text, problems, isError, working) {
     const region = document.getElementById(isError ? "alerts" : "messages");
     const other = document.getElementById(isError ? "messages" : "alerts");
     if (!region) return;
     other.replaceChildren();
     const box = document.createElement("div");
-    box.className = isError ? "message error" : "message ok";
+    box.className = isError ? "message error" : working ? "message working" : "message ok";
     const p = document.createElement("p");
     p.textContent = text;
     box.appendChild(p);
@@ -170,7 +170,7 @@
     const button = form.querySelector('button[type="submit"]');
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
-    show("Working: " + request.method + " " + request.path + " (waits for the agents)…", [], false);
+    show("Working: " + request.method + " " + request.path + " (waits for the agents)…", [], false, true);
     const answer = await api(request.method, request.path, request.body);
     form.removeAttribute("aria-busy");
     if (button) button.disabled = false;
@@ -260,7 +260,7 @@
           return;
         }
         if (!(await confirmFirst(item.confirm))) return;
-        show("Working: " + item.label + "…", [], false);
+        show("Working: " + item.label + "…", [], false, true);
         const answer = await api(item.method, item.path, item.body);
         reportAnswer(answer);
         if (answer.ok && item.method === "DELETE") setTimeout(() => (location.href = "/ui/"), 600);
