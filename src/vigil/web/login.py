@@ -96,6 +96,19 @@ async def authenticate(settings: WebSettings, user: str, password: str) -> str:
     return role
 
 
+def _login_cookie(response: Response, request: Request, token: str) -> None:
+    """The login form's double-submitted CSRF cookie (Secure under TLS)."""
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        path="/ui/login",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
 def _safe_next(target: str) -> str:
     """Only a path of this UI (never another site) to go back to after login."""
     return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/"
@@ -117,9 +130,7 @@ async def login_page(request: Request, next: str = "/ui/") -> Response:
     response = render(
         request, "login.html", None, token=token, next=_safe_next(next), error="", user=""
     )
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE, token, max_age=3600, path="/ui/login", httponly=True, samesite="strict"
-    )
+    _login_cookie(response, request, token)
     return response
 
 
@@ -141,10 +152,7 @@ async def login(request: Request) -> Response:
         response = render(
             request, "login.html", None, 401, token=token, next=target, error=str(exc), user=user
         )
-        response.set_cookie(
-            LOGIN_CSRF_COOKIE, token, max_age=3600, path="/ui/login", httponly=True,
-            samesite="strict",
-        )  # fmt: skip
+        _login_cookie(response, request, token)
         return response
     operations = operations_of(request)
     session_id, _ = await open_session(
