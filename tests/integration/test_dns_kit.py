@@ -174,7 +174,17 @@ def test_a_record_changed_behind_vigils_back_is_recovered(
     assert bind.lookup(NAME) == {"10.213.35.99"}
     node2 = address(lab[1], "node2")
     wait_for(lambda: bind.lookup(NAME) == {node2}, timeout=40, what="the record recovered")
-    kinds = [(e["kind"], e["message"]) for e in api.ok("GET", "/v1/events?limit=500")]
+
+    def events() -> list[tuple[str, str]]:
+        return [(e["kind"], e["message"]) for e in api.ok("GET", "/v1/events?limit=500")]
+
+    # the record is back a moment before the recovery's check and its event are done
+    wait_for(
+        lambda: any(k == "recovered" and "web-dns" in m for k, m in events()),
+        timeout=20,
+        what="the recovered event",
+    )
+    kinds = events()
     assert any(
         kind == "check-failed" and "web-dns" in detail and "10.213.35.99" in detail
         for kind, detail in kinds

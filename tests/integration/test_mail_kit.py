@@ -293,8 +293,8 @@ def test_mail_deferred_for_a_dead_server_is_delivered_soon_after_the_failover(
     finally:
         cluster.start_agent("node1")
         cluster.server_policy("node1", failover=None)
-    cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node1"})
-    wait_in_service(cluster, "node1")
+        cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": "node1"})
+        wait_in_service(cluster, "node1")
 
 
 # --- checks and local recovery -------------------------------------------------------------

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
+import email.utils
 import json
 import os
 import smtplib
@@ -27,6 +29,7 @@ from typing import Any
 from vigil.kits.base import KitContext
 from vigil.kits.mail import directory
 from vigil.kits.mail.directory import FailedUser, Rehomed
+from vigil.kits.mail.probes import PROBE_SUBJECT
 from vigil.kits.mail.properties import HomeMode, MailProperties
 
 __all__ = ["FAILED_USERS_FILE", "Rehomer", "etrn", "home_values", "read_failed_users"]
@@ -41,6 +44,8 @@ ETRN_TIMEOUT = 10.0
 #: (hard-coded in resolve_clnt.c): a message for that recipient goes to the old home once
 #: more on the first ETRN; a second ETRN after this long sends it to the new one
 ROUTE_CACHE = 31.0
+#: seconds for the front-end to take the route-refresh message before the ETRN
+ROUTE_SETTLE = 0.3
 
 
 def home_values(ctx: KitContext, props: MailProperties) -> tuple[str, list[str]]:
@@ -77,13 +82,34 @@ def _write_failed_users(state_dir: Path, failed: tuple[FailedUser, ...]) -> None
     os.replace(tmp, path)
 
 
+def _endpoint(frontend: str) -> tuple[str, int]:
+    host, _, port = frontend.rpartition(":") if frontend.count(":") == 1 else (frontend, "", "")
+    return host or frontend, int(port or 25)
+
+
+def refresh_route(frontend: str, probe_address: str) -> str:
+    """Send one message to the probe mailbox through ``frontend`` (its subject marks it as
+    a probe's: the deep check deletes it); "" when accepted, else why not."""
+    message = email.message.EmailMessage()
+    message["From"] = message["To"] = probe_address
+    message["Subject"] = f"{PROBE_SUBJECT} (route refresh)"
+    message["Message-ID"] = email.utils.make_msgid("vigil-route")
+    message.set_content("vigil: the users moved; this makes the front-end route afresh.\n")
+    try:
+        host, port = _endpoint(frontend)
+        with smtplib.SMTP(host, port, timeout=ETRN_TIMEOUT) as smtp:
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        return f"route refresh through {frontend}: {exc}"
+    return ""
+
+
 def etrn(frontend: str, domain: str) -> str:
     """Ask ``frontend`` (HOST[:PORT]) to deliver what it holds for ``domain`` now; ""
     when it accepted, else why not."""
-    host, _, port = frontend.rpartition(":") if frontend.count(":") == 1 else (frontend, "", "")
-    host = host or frontend
     try:
-        with smtplib.SMTP(host, int(port or 25), timeout=ETRN_TIMEOUT) as smtp:
+        host, port = _endpoint(frontend)
+        with smtplib.SMTP(host, port, timeout=ETRN_TIMEOUT) as smtp:
             smtp.ehlo_or_helo_if_needed()
             code, reply = smtp.docmd("ETRN", domain)
     except (OSError, smtplib.SMTPException, ValueError) as exc:
@@ -176,6 +202,17 @@ class Rehomer:
 
     async def _flush(self, ctx: KitContext, props: MailProperties) -> None:
         domains = props.etrn_domains or _domains(props.expected_settings)
+        if props.has_probe and props.frontends:
+            # the front-end's queue manager keeps the route of the recipient it resolved
+            # last for 30 s: a message of ours to the probe mailbox makes it resolve
+            # another one first, so every deferred message gets its new route on the ETRN
+            assert props.probe_address
+            refreshed = await asyncio.gather(
+                *(asyncio.to_thread(refresh_route, f, props.probe_address) for f in props.frontends)
+            )
+            for problem in filter(None, refreshed):
+                ctx.log.warning("%s: %s", ctx.tag, problem)
+            await asyncio.sleep(ROUTE_SETTLE)
         problems = await asyncio.gather(
             *(
                 asyncio.to_thread(etrn, frontend, domain)
