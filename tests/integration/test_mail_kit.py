@@ -171,7 +171,7 @@ def test_a_message_sent_again_after_a_lost_250_is_delivered_once(
     """SMTP's window: a server fenced after it queued a message but before its 250 reached
     the front-end gets the message again from the front-end (after the failover). The
     second copy, with the same Message-ID, is discarded at delivery (Sieve's duplicate)."""
-    _, org = lab
+    cluster, org = lab
     user = org.users[5]
     message_id = "<vigil-duplicate-test@lab.example>"
     for _ in range(2):
@@ -181,6 +181,11 @@ def test_a_message_sent_again_after_a_lost_250_is_delivered_once(
     time.sleep(1)  # the second copy was queued before "sent once": it had its chance
     subjects = [s for _, s in org.fetch("client1", user)]
     assert subjects.count("sent twice") == 1, subjects
+    log = cluster.lab.exec(
+        "node1", ["cat", "/var/log/vigil-mail/dovecot.log"], capture_output=True, text=True
+    ).stdout
+    assert "discarded duplicate" in log or "duplicate" in log.lower()
+    assert "Error: sieve" not in log, "the deduplication script is compiled for the server"
 
 
 # --- extend --------------------------------------------------------------------------------

@@ -320,10 +320,9 @@ class Traffic:
                 for line in held[:5]:
                     say(f"    {line}")
                 say(
-                    "  The kit flushed the front-end with ETRN when it moved the users home, "
-                    "and flushes it again 31s later: Postfix's address resolver keeps the route "
-                    "of the recipient it resolved last for 30s, so mail for that one recipient "
-                    "can go to the old home once more. Waiting..."
+                    "  The kit flushed the front-end with ETRN when it moved the users home "
+                    "(after a message to the probe mailbox made Postfix's resolver drop the "
+                    "route it keeps for 30s), and flushes it again 31s later. Waiting..."
                 )
                 told = True
             time.sleep(1.0)

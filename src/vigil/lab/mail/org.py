@@ -159,6 +159,7 @@ def _configure_server(
         frontend_address=mail.frontend.address,
     )
     servers.bind_mounts(server, enter, private)
+    servers.compile_sieve(server, enter)
     if server not in mail.servers:
         mail.servers.append(server)
         save_state(names.state_file, state)

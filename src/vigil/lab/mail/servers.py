@@ -124,12 +124,7 @@ def write_config(
         ldap_file=DOVECOT_CONF.with_name(DOVECOT_LDAP), frontend_address=frontend_address
     )
     write_file(_inside(private, DOVECOT_CONF), text, 0o644)
-    script = _inside(private, DEDUP_SIEVE)
-    write_file(script, dovecot_conf.DEDUP_SCRIPT, 0o644)
-    # compiled here: the delivery (as the mail user) could not write the binary next to it
-    done = subprocess.run(["sievec", str(script)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise LabError(f"sievec {script}: {done.stderr.strip() or done.stdout.strip()}")
+    write_file(_inside(private, DEDUP_SIEVE), dovecot_conf.DEDUP_SCRIPT, 0o644)
     # Postfix's data_directory must belong to its mail owner; post-install would fix the
     # mode but not create the parent
     data = private / "lib" / "postfix"
@@ -137,6 +132,14 @@ def write_config(
     postfix = pwd.getpwnam("postfix")
     os.chown(data, postfix.pw_uid, postfix.pw_gid)
     return private
+
+
+def compile_sieve(server: str, enter: list[str]) -> None:
+    """Compile the deduplication script inside the server, with its own Dovecot
+    configuration (a binary compiled elsewhere names another path and is compiled again
+    at delivery, which the mail user may not write): ``bind_mounts`` first."""
+    argv = ["sievec", "-c", str(DOVECOT_CONF), str(DEDUP_SIEVE)]
+    _run_inside(server, enter, argv, "compile the Sieve deduplication script")
 
 
 def bind_mounts(server: str, enter: list[str], private: Path) -> None:
