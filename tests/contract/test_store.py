@@ -62,7 +62,7 @@ async def revision(store: Store) -> int:
 
 async def short_lease(backend: Backend, store: Store) -> Lease:
     """A lease of the backend's shortest useful TTL (fractional seconds where supported)."""
-    return await store.grant_lease(backend.short_ttl)  # type: ignore[arg-type]
+    return await store.grant_lease(backend.short_ttl)
 
 
 async def increment(store: Store, key: str) -> int:
@@ -118,6 +118,29 @@ async def test_a_transaction_that_changes_nothing_keeps_the_revision(store: Stor
     assert (await store.txn((Compare.absent("y"),), ())).revision == base
     assert await store.get("y") is None
     assert await revision(store) == base
+
+
+async def test_keys_a_transaction_creates_have_its_revision_as_create_revision(
+    store: Store,
+) -> None:
+    # an agent's fencing epoch is the revision of the claim that created its owner keys:
+    # it takes it from the transaction's answer instead of reading the keys again
+    lease = await store.grant_lease(30)
+    await store.put("owner/kept", b"old")
+    result = await store.txn(
+        (Compare.absent("owner/a"), Compare.absent("owner/b")),
+        (
+            Put("owner/a", b"n1", lease.id),
+            Put("owner/b", b"n1", lease.id),
+            Put("owner/kept", b"n1"),
+        ),
+    )
+    assert result.succeeded
+    for key in ("owner/a", "owner/b"):
+        item = await store.get(key)
+        assert item is not None and item.create_revision == item.mod_revision == result.revision
+    kept = await store.get("owner/kept")
+    assert kept is not None and kept.create_revision < kept.mod_revision == result.revision
 
 
 async def test_get_prefix_is_sorted_and_carries_the_store_revision(store: Store) -> None:

@@ -71,7 +71,7 @@ class LeaseKeeper:
         the settings. Each warning is logged; ``ConfigError`` when the timing is unsafe
         (the agent must not start). Call once at start, before ``grant``; store errors
         propagate."""
-        lease = await self.store.grant_lease(self._ask())  # type: ignore[arg-type]
+        lease = await self.store.grant_lease(self._ask())
         try:
             await self.store.revoke_lease(lease.id)
         except StoreError as exc:
@@ -84,7 +84,7 @@ class LeaseKeeper:
     async def grant(self, alive: AliveRecord) -> int:
         """Grant a fresh lease and publish this server's heartbeat ``alive`` under it."""
         sent = self.clock()
-        lease = await self.store.grant_lease(self._ask())  # type: ignore[arg-type]
+        lease = await self.store.grant_lease(self._ask())
         self._alive = alive.model_copy(update={"ttl": self.settings.ttl, "beat": 0})
         try:
             put = Put(self._alive_key, self._alive.dump(), lease.id)

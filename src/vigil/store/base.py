@@ -199,8 +199,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def grant_lease(self, ttl: int) -> Lease:
-        """Create a lease of at least ``ttl`` seconds (raised to ``capabilities.min_lease_ttl``)."""
+    async def grant_lease(self, ttl: float) -> Lease:
+        """Create a lease of at least ``ttl`` seconds (raised to ``capabilities.min_lease_ttl``;
+        a backend that grants whole seconds rounds up)."""
 
     @abc.abstractmethod
     async def keep_alive(self, lease_id: int) -> int:

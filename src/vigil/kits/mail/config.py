@@ -306,7 +306,10 @@ def _tables(value: str) -> list[str]:
 
 def _digest(table: str) -> str:
     """A table's file content, as a digest (a file missing is its own value)."""
-    path = Path(_TABLE.match(table).group("path"))  # type: ignore[union-attr]
+    found = _TABLE.match(table)
+    if found is None:  # _tables keeps only what matches
+        return "missing"
+    path = Path(found.group("path"))
     try:
         return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError:

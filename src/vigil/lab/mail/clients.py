@@ -58,25 +58,24 @@ def _setns(path: Path) -> None:
 def in_netns(netns: Path, action: Callable[[], T], timeout: float = TIMEOUT) -> T:
     """Run ``action()`` on a new thread that entered the network namespace ``netns``
     (a file under ``/run/netns``); returns its result or raises its exception."""
-    outcome: dict[str, object] = {}
+    values: list[T] = []
+    errors: list[BaseException] = []
 
     def main() -> None:
         try:
             _setns(netns)
-            outcome["value"] = action()
+            values.append(action())
         except BaseException as exc:
-            outcome["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=main, name=f"mail client in {netns.name}", daemon=True)
     thread.start()
     thread.join(timeout + 5.0)
     if thread.is_alive():
         raise MailClientError(f"a mail client in {netns.name} got no answer in {timeout:g}s")
-    if "error" in outcome:
-        error = outcome["error"]
-        assert isinstance(error, BaseException)
-        raise error
-    return outcome["value"]  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return values[0]
 
 
 def _text(reply: bytes | str) -> str:
