@@ -302,18 +302,18 @@ def test_stop_holders_stops_them_before_unmounting(
     assert not node1.ns.mounted(mount_point)
 
 
-def test_force_remove_kills_holders_and_unmounts(
+def test_escalate_kills_holders_and_unmounts(
     servers: tuple[Server, Server], disk: SharedDisk, mount_point: str
 ) -> None:
     node1, _ = servers
     ctx = node1.context(**props(node1, disk, mount_point))
     node1.act(lambda: KIT.restore(ctx))
     holder = node1.ns.call(lambda: subprocess.Popen(["sleep", "600"], cwd=mount_point))
-    done = node1.act(lambda: KIT.force_remove(ctx))
+    done = node1.act(lambda: KIT.escalate(ctx))
     assert holder.wait(timeout=10) == -9
     assert done[0].startswith(f"killed pid {holder.pid} (sleep 600): working directory")
     assert not node1.ns.mounted(mount_point)
-    assert node1.act(lambda: KIT.force_remove(ctx)) == []
+    assert node1.act(lambda: KIT.escalate(ctx)) == []
 
 
 def test_mounts_below_are_named(

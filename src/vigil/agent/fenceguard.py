@@ -1,9 +1,10 @@
 """The fence guard: ``python -m vigil.agent.fenceguard STATE_DIR``.
 
-Deliberately tiny and independent of the agent: no store, no asyncio, no kits. Every 20 ms
-it reads the fence plan the agent refreshes after each lease renewal. When the plan's
-deadline (system-wide monotonic clock) has passed while resources are listed, the agent
-can no longer be trusted to hold its lease (killed, frozen, cut off): the guard kills the
+Deliberately tiny and independent of the agent: no store, no asyncio, no kits (only the
+standard-library cgroup helper they share, ``vigil.kits.cgroup``). Every 20 ms it reads
+the fence plan the agent refreshes after each lease renewal. When the plan's deadline
+(system-wide monotonic clock) has passed while resources are listed, the agent can no
+longer be trusted to hold its lease (killed, frozen, cut off): the guard kills the
 resources' cgroups, deletes their addresses and lazily unmounts their volumes, once per
 deadline, and logs what it did. The agent's lease cannot have expired for any other server
 yet: the plan's deadline lies a safety margin before that.
@@ -18,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from vigil.agent.fencing import FencePlan, reap_cgroup, signal_cgroup
+from vigil.agent.fencing import FencePlan
+from vigil.kits.cgroup import reap_cgroup, signal_cgroup
 
 POLL = 0.02
 

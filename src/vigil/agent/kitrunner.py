@@ -26,6 +26,7 @@ from vigil.kits.base import (
     ExtendCheck,
     Kit,
     KitContext,
+    KitProperties,
     Related,
 )
 from vigil.kits.registry import KitRegistry
@@ -59,17 +60,17 @@ class KitRunner:
         #: records an event (kind, message, hierarchy) in the cluster event log
         self.notify: Callable[..., Awaitable[None]] | None = None
 
-    def kit(self, name: str) -> Kit:
+    def kit(self, name: str) -> Kit[KitProperties]:
         return self.kits.get(name)
 
     def context(
         self,
         tag: str,
-        kit: Kit,
+        kit: Kit[KitProperties],
         properties: dict[str, Any],
         epoch: int = 0,
         cgroup: Path | None = None,
-    ) -> KitContext:
+    ) -> KitContext[KitProperties]:
         parsed = kit.parse_properties(
             self.secrets.open_fields(properties, kit.Properties.secret_fields())
         )
@@ -86,7 +87,7 @@ class KitRunner:
 
     def resource_context(
         self, resource: Resource, epoch: int = 0, cluster: Cluster | None = None
-    ) -> tuple[Kit, KitContext]:
+    ) -> tuple[Kit[KitProperties], KitContext[KitProperties]]:
         """The context of ``resource`` on this server; what it may see of its neighbours
         comes from ``cluster`` (default: the agent's current view)."""
         kit = self.kit(resource.kit)
@@ -130,9 +131,9 @@ class KitRunner:
     async def run(
         self,
         action: Action,
-        kit: Kit,
-        ctx: KitContext,
-        call: Callable[[KitContext], Awaitable[T]],
+        kit: Kit[KitProperties],
+        ctx: KitContext[KitProperties],
+        call: Callable[[KitContext[KitProperties]], Awaitable[T]],
     ) -> T:
         """Run ``call(ctx)`` (a bound kit action) within the action's timeout."""
         timeout = kit.timeout(action, ctx.properties)
@@ -165,6 +166,12 @@ class KitRunner:
     async def remove(self, resource: Resource, epoch: int = 0) -> None:
         kit, ctx = self.resource_context(resource, epoch)
         await self.run(Action.REMOVE, kit, ctx, kit.remove)
+
+    async def escalate(self, resource: Resource) -> list[str]:
+        """The kit's forceful stop of ``resource`` after a remove that failed or overran
+        (``Kit.escalate``): what it did. ``KitError`` when it failed too."""
+        kit, ctx = self.resource_context(resource)
+        return await self.run(Action.ESCALATE, kit, ctx, kit.escalate)
 
     async def check(self, resource: Resource, action: Action = Action.QUICK_CHECK) -> Check:
         """A quick or deep check; overrunning its timeout is a failed check."""

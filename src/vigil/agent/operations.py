@@ -27,7 +27,7 @@ from vigil.engine import changes
 from vigil.engine.changes import Change
 from vigil.engine.children import ChildRequest, add_children
 from vigil.errors import Conflict, KitError, ValidationError
-from vigil.kits.base import Action, Kit
+from vigil.kits.base import Action, Kit, KitProperties
 from vigil.model.cluster import Cluster, Hierarchy, Resource
 from vigil.model.states import InstanceState
 from vigil.store.base import Store
@@ -90,7 +90,7 @@ class Operations:
     # --- properties ------------------------------------------------------------------------
 
     def split_properties(
-        self, kit: Kit, values: Mapping[str, Any]
+        self, kit: Kit[KitProperties], values: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cluster-wide, per-server) by the kit's declaration of its fields."""
         per_server = kit.Properties.per_server_fields()

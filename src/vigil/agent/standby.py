@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from vigil.agent.actor import Actor
 from vigil.errors import StoreError, VigilError
-from vigil.kits.base import Action, Eligibility, Kit
+from vigil.kits.base import Action, Eligibility, Kit, KitProperties
 from vigil.model.cluster import Cluster, Resource
 from vigil.model.records import EligibleRecord, key
 from vigil.store.base import Delete, Operation, Put
@@ -38,7 +38,7 @@ log = logging.getLogger("vigil.agent.standby")
 INTERVAL = 1.0
 
 
-def has_standby(kit: Kit) -> bool:
+def has_standby(kit: Kit[KitProperties]) -> bool:
     """Whether the kit keeps a standby or has eligibility rules (anything to run here)."""
     return kit.has_eligibility() or type(kit).standby is not Kit.standby
 

@@ -28,7 +28,17 @@ eligible            often, on every server     whether this server may take the 
 standby             often, where the resource  keeps a standby ready (a mirror target's
                     is extended but not in     receiver); idempotent; default: nothing
                     service
+escalate            after a remove that        the forceful stop (kill the resource's
+                    overran its timeout, or    processes, force unmount, delete the
+                    failed when the agent      address); idempotent; what it did, or
+                    must let go (fencing, a    KitError when the resource may still be
+                    stop, a copy found at      in service (the lease's fencing then
+                    start)                     remains)
 ==================  =========================  ==============================================
+
+A kit is generic in its properties model: ``class AppKit(Kit[AppProperties])`` sets
+``Properties = AppProperties`` and its actions get a ``KitContext[AppProperties]``, whose
+``properties`` are already parsed into that model.
 
 Failures are raised as ``KitError`` with a severity: SOFT (recover here), HARD (move the
 hierarchy), FATAL (misconfigured: wait for an operator). Timeouts are **enforced by the
@@ -40,17 +50,19 @@ child process behind (run commands through ``vigil.kits.process``).
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from vigil.errors import KitError, Severity
+from vigil.kits.cgroup import describe_killed, kill_cgroup
 
 
 class Action(StrEnum):
@@ -66,6 +78,7 @@ class Action(StrEnum):
     DELETE = "delete"
     ELIGIBLE = "eligible"
     STANDBY = "standby"
+    ESCALATE = "escalate"
 
 
 class CheckStatus(StrEnum):
@@ -112,6 +125,7 @@ class Timeouts:
     delete: float = 30.0
     eligible: float = 10.0
     standby: float = 30.0
+    escalate: float = 30.0
 
     def for_action(self, action: Action) -> float:
         name = {
@@ -181,19 +195,16 @@ class KitProperties(BaseModel):
         }
 
 
+#: a kit's properties model
 P = TypeVar("P", bound=KitProperties)
 
 
-def properties_of(ctx: KitContext, kind: type[P]) -> P:
-    """``ctx.properties`` as the kit's own model; ``KitError`` (FATAL) if they were parsed
-    by another kit (a bug in the caller)."""
-    if not isinstance(ctx.properties, kind):
-        raise KitError(
-            f"resource {ctx.tag}: properties of type {type(ctx.properties).__name__} given "
-            f"where {kind.__name__} was expected; parse them with the kit's parse_properties",
-            Severity.FATAL,
-        )
-    return ctx.properties
+async def stop_cgroup(cgroup: Path | None) -> list[str]:
+    """Kill every process left in a resource's cgroup (None: none, nothing to do); what
+    was done, for ``Kit.escalate``."""
+    if cgroup is None:
+        return []
+    return describe_killed(await asyncio.to_thread(kill_cgroup, cgroup))
 
 
 def _extra(extra: object, flag: str) -> bool:
@@ -240,12 +251,13 @@ Notify = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class KitContext:
-    """Everything a kit action may use. Built by the agent for each call."""
+class KitContext(Generic[P]):
+    """Everything a kit action may use. Built by the agent for each call, with the
+    resource's properties on this server parsed into the kit's model."""
 
     tag: str
     server: str
-    properties: KitProperties
+    properties: P
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
     #: a directory on this server for the kit's own files about this one resource
     #: (``<state_dir>/kits/<tag>``; it may not exist yet)
@@ -295,26 +307,35 @@ class FenceActions:
     mounts: tuple[str, ...] = ()
 
 
-class Kit(abc.ABC):
-    """Base class of every recovery kit. Subclasses set the class attributes and implement
-    at least ``restore``, ``remove`` and ``quick_check``."""
+class Kit(abc.ABC, Generic[P]):
+    """Base class of every recovery kit, generic in its properties model ``P``. Subclasses
+    set the class attributes (``Properties`` among them) and implement at least
+    ``restore``, ``remove`` and ``quick_check``."""
 
     #: the resource type, as used in ``--kit`` (the entry point name)
     name: ClassVar[str]
     #: one line for listings
     description: ClassVar[str] = ""
-    Properties: ClassVar[type[KitProperties]] = KitProperties
+    #: the properties model (a class attribute: a type variable cannot be a ClassVar); a
+    #: kit that declares none has none (``KitProperties``, see ``__init_subclass__``)
+    Properties: type[P]
     timeouts: ClassVar[Timeouts] = Timeouts()
     check_intervals: ClassVar[CheckIntervals] = CheckIntervals()
 
-    def timeout(self, action: Action, properties: KitProperties) -> float:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "Properties"):
+            # setattr: the base model where the kit's own would go (no properties at all)
+            setattr(cls, "Properties", KitProperties)  # noqa: B010
+
+    def timeout(self, action: Action, properties: P) -> float:
         """The timeout the agent enforces for ``action`` on a resource with ``properties``.
 
         Default: the kit's advertised value; kits whose users set timeouts per resource
         (the app kit) override this."""
         return self.timeouts.for_action(action)
 
-    def parse_properties(self, values: Mapping[str, Any]) -> KitProperties:
+    def parse_properties(self, values: Mapping[str, Any]) -> P:
         """Validate raw property values into the kit's model; ``KitError`` (FATAL) names
         every bad field."""
         from pydantic import ValidationError as PydanticError
@@ -330,11 +351,11 @@ class Kit(abc.ABC):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
+    async def validate_create(self, ctx: KitContext[P]) -> list[str]:
         """Every problem that prevents creating this resource on ``ctx.server``."""
         return []
 
-    async def create(self, ctx: KitContext) -> list[ChildResource]:
+    async def create(self, ctx: KitContext[P]) -> list[ChildResource]:
         """Make what the resource needs on the primary; may ask for child resources.
 
         Each child is created below the resource in the same transaction, unless a
@@ -343,19 +364,19 @@ class Kit(abc.ABC):
         and the create is refused when it does."""
         return []
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+    async def can_extend(self, ctx: KitContext[P]) -> ExtendCheck:
         """The pre-extend checks, run on the target server (``ctx.server``)."""
         return ExtendCheck()
 
-    async def extend(self, ctx: KitContext) -> None:
+    async def extend(self, ctx: KitContext[P]) -> None:
         """Make what the resource needs on the target server."""
 
-    async def fix_extend(self, ctx: KitContext) -> list[str]:
+    async def fix_extend(self, ctx: KitContext[P]) -> list[str]:
         """Correct on the target what ``can_extend`` found fixable (an administrator asked
         for it: ``vigil extend --fix``); returns each change made. Default: nothing."""
         return []
 
-    async def recorded_properties(self, ctx: KitContext) -> Mapping[str, Any]:
+    async def recorded_properties(self, ctx: KitContext[P]) -> Mapping[str, Any]:
         """Properties found on the primary at create, to be stored with the resource (the
         mail kit: the settings every backup must match). Called after ``create``, within
         its timeout; default: none."""
@@ -366,16 +387,16 @@ class Kit(abc.ABC):
     #: refused unless forced (the seed's "do not delete ... on the backup server").
     delete_on_backup: ClassVar[str | None] = None
 
-    async def delete(self, ctx: KitContext) -> None:
+    async def delete(self, ctx: KitContext[P]) -> None:
         """Clean up what create/extend made on ``ctx.server``. Idempotent."""
 
-    def fence_actions(self, ctx: KitContext) -> FenceActions:
+    def fence_actions(self, ctx: KitContext[P]) -> FenceActions:
         """What the fence guard must undo for this resource (beyond killing its cgroup)."""
         return FenceActions()
 
     # --- failover eligibility and standby -------------------------------------------------
 
-    async def eligible(self, ctx: KitContext) -> Eligibility:
+    async def eligible(self, ctx: KitContext[P]) -> Eligibility:
         """Whether ``ctx.server`` may take the resource over now (restore it as the new
         active server), and why not: a mirror target that is not in sync may not. Called
         by the agent on every server the resource is extended to, in service or not;
@@ -389,7 +410,7 @@ class Kit(abc.ABC):
         """Whether the kit has its own eligibility rules (overrides ``eligible``)."""
         return cls.eligible is not Kit.eligible
 
-    async def standby(self, ctx: KitContext) -> None:
+    async def standby(self, ctx: KitContext[P]) -> None:
         """Keep what a standby of the resource needs running on ``ctx.server``, where the
         resource is extended but not in service (a mirror target's receiver). Called by
         the agent every few seconds; idempotent; never brings the resource in service.
@@ -398,30 +419,41 @@ class Kit(abc.ABC):
     # --- service actions ----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[P]) -> None:
         """Bring the resource in service here. Idempotent. Raises ``KitError``."""
 
     @abc.abstractmethod
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[P]) -> None:
         """Take the resource out of service here. Idempotent; tries everything before
         raising ``KitError`` (a failed remove leads to fencing)."""
 
     @abc.abstractmethod
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def quick_check(self, ctx: KitContext[P]) -> Check:
         """Cheap three-state check. Read-only."""
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[P]) -> Check:
         """Thorough three-state check. Read-only. Default: the quick check."""
         return await self.quick_check(ctx)
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[P]) -> bool:
         """Local recovery after a failed check; True when the resource runs again.
 
         Default: restore, then check (``recover_by``)."""
         return await self.recover_by(ctx, self.restore)
 
+    async def escalate(self, ctx: KitContext[P]) -> list[str]:
+        """The forceful stop, after a ``remove`` that overran its timeout (or failed when
+        the agent must let the resource go: fencing, a stop, a copy found at start).
+        Idempotent; returns what it did (empty: nothing was left). ``KitError`` when the
+        resource may still be in service afterwards: the agent then leaves it owned here
+        and the lease's fencing does the rest. Within ``Timeouts.escalate``.
+
+        Default: every process left in the resource's cgroup is killed; kits override it
+        to undo what outlives processes too (an address, a mount)."""
+        return await stop_cgroup(ctx.cgroup)
+
     async def recover_by(
-        self, ctx: KitContext, *steps: Callable[[KitContext], Awaitable[None]]
+        self, ctx: KitContext[P], *steps: Callable[[KitContext[P]], Awaitable[None]]
     ) -> bool:
         """Run ``steps`` in order, then the quick check: True when the resource runs again.
         A failing step or check is logged and gives False (the agent then fails over); only

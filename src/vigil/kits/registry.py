@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from vigil.errors import KitLoadError, NotFound
-from vigil.kits.base import Kit
+from vigil.kits.base import Kit, KitProperties
 
 __all__ = ["ENTRY_POINT_GROUP", "KitRegistry", "load_kits"]
 
@@ -36,7 +36,9 @@ class KitRegistry:
     Immutable once built; safe to share."""
 
     def __init__(
-        self, kits: Mapping[str, Kit], errors: Iterable[tuple[str, KitLoadError]] = ()
+        self,
+        kits: Mapping[str, Kit[KitProperties]],
+        errors: Iterable[tuple[str, KitLoadError]] = (),
     ) -> None:
         """``kits`` by name; ``errors`` as (entry point name, error) pairs."""
         self._kits = dict(sorted(kits.items()))
@@ -53,7 +55,7 @@ class KitRegistry:
         """The names of the kits that loaded, sorted."""
         return list(self._kits)
 
-    def get(self, name: str) -> Kit:
+    def get(self, name: str) -> Kit[KitProperties]:
         """The kit instance called ``name``.
 
         Raises ``NotFound`` naming the available kits when there is none, or saying why
@@ -85,7 +87,7 @@ def load_kits(
     tests). Never raises for a broken kit: see ``KitRegistry.errors``."""
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    kits: dict[str, Kit] = {}
+    kits: dict[str, Kit[KitProperties]] = {}
     errors: list[tuple[str, KitLoadError]] = []
     for entry_point in entry_points:
         try:
@@ -98,7 +100,9 @@ def load_kits(
     return KitRegistry(kits, errors)
 
 
-def _load_one(entry_point: importlib.metadata.EntryPoint, loaded: Mapping[str, Kit]) -> Kit:
+def _load_one(
+    entry_point: importlib.metadata.EntryPoint, loaded: Mapping[str, Kit[KitProperties]]
+) -> Kit[KitProperties]:
     where = f"kit entry point {entry_point.name!r} ({entry_point.value})"
     try:
         obj = entry_point.load()
@@ -114,6 +118,12 @@ def _load_one(entry_point: importlib.metadata.EntryPoint, loaded: Mapping[str, K
         raise _load_error(
             f"{where} in module {entry_point.module!r} could not be instantiated", exc
         ) from exc
+    model = getattr(obj, "Properties", None)
+    if not (isinstance(model, type) and issubclass(model, KitProperties)):
+        raise KitLoadError(
+            f"{where} in module {entry_point.module!r} declares no properties model "
+            f"(Properties = a KitProperties subclass): {model!r}"
+        )
     kit_name = getattr(kit, "name", None)
     if kit_name != entry_point.name:
         raise KitLoadError(

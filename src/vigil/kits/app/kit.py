@@ -27,6 +27,10 @@ restore command that starts a daemon must let it leave the command's process gro
 (``setsid``, or a daemon that double-forks) and redirect its output, or the daemon is
 killed with the group when the command is timed out.
 
+A remove that overran its timeout (or failed where the agent must let the resource go) is
+escalated: every process of the resource's cgroup is killed (the daemons its restore
+started, however they detached), then the quick check must not say running.
+
 Every command gets these environment variables, on top of the agent's environment and
 the resource's ``environment`` property: ``VIGIL_TAG`` (the resource), ``VIGIL_SERVER``
 (this server), ``VIGIL_ACTION`` (restore, remove, quick_check, deep_check, recover),
@@ -46,11 +50,12 @@ from vigil.kits.app.validation import config_problems
 from vigil.kits.base import (
     Action,
     Check,
+    CheckStatus,
     ExtendCheck,
     Kit,
     KitContext,
-    KitProperties,
     Timeouts,
+    stop_cgroup,
 )
 from vigil.kits.process import CLEANUP_ALLOWANCE, CommandResult, run_command
 
@@ -64,7 +69,7 @@ EXIT_NOT_CONFIGURED = 6
 EXIT_NOT_RUNNING = 7
 
 
-class AppKit(Kit):
+class AppKit(Kit[AppProperties]):
     """Generic application: user-supplied restore, remove and check commands."""
 
     name: ClassVar[str] = "app"
@@ -72,19 +77,17 @@ class AppKit(Kit):
         "Generic application: any application, protected by your own restore, remove, "
         "check and recover commands"
     )
-    Properties: ClassVar[type[KitProperties]] = AppProperties
+    Properties = AppProperties
     timeouts: ClassVar[Timeouts] = Timeouts(
         restore=60.0, remove=60.0, quick_check=10.0, deep_check=30.0, recover=60.0
     )
 
-    def timeout(self, action: Action, properties: KitProperties) -> float:
+    def timeout(self, action: Action, properties: AppProperties) -> float:
         """The resource's own timeout property for the action, plus ``CLEANUP_ALLOWANCE``
         per command the action runs: the kit enforces each command's timeout itself (a
         check that overruns is a failed check, a restore that overruns a ``KitTimeout``),
         and it needs that margin to kill the command's process group and report before the
         agent cancels the action."""
-        if not isinstance(properties, AppProperties):
-            return super().timeout(action, properties)
         p = properties
         steps: dict[Action, list[float]] = {
             Action.RESTORE: [p.restore_timeout],
@@ -95,6 +98,8 @@ class AppKit(Kit):
                 [p.recover_timeout] if p.recover else [p.remove_timeout, p.restore_timeout]
             )
             + [p.quick_check_timeout],
+            # killing the cgroup waits for it to empty (2 s at most), then the check
+            Action.ESCALATE: [2.0, p.quick_check_timeout],
         }
         if action not in steps:
             return super().timeout(action, properties)
@@ -102,16 +107,16 @@ class AppKit(Kit):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
+    async def validate_create(self, ctx: KitContext[AppProperties]) -> list[str]:
         """Every command's program must exist and be executable here, the working directory
         must exist. Does not run any command (the application may run or not)."""
-        return config_problems(_props(ctx), ctx.server)
+        return config_problems(ctx.properties, ctx.server)
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+    async def can_extend(self, ctx: KitContext[AppProperties]) -> ExtendCheck:
         """The same checks as ``validate_create``, on the target server."""
-        return ExtendCheck(problems=config_problems(_props(ctx), ctx.server))
+        return ExtendCheck(problems=config_problems(ctx.properties, ctx.server))
 
-    async def delete(self, ctx: KitContext) -> None:
+    async def delete(self, ctx: KitContext[AppProperties]) -> None:
         """Remove the resource's state directory (``VIGIL_STATE_DIR``). Idempotent.
 
         Only a directory named after the resource's tag is removed: a context whose
@@ -128,50 +133,66 @@ class AppKit(Kit):
 
     # --- service actions ----------------------------------------------------------------
 
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[AppProperties]) -> None:
         """Run the restore command. Raises ``KitError`` (HARD; FATAL on exit code 6) or
         ``KitTimeout`` (HARD)."""
-        p = _props(ctx)
+        p = ctx.properties
         await self._run_or_raise(ctx, Action.RESTORE, p.restore, p.restore_timeout)
 
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[AppProperties]) -> None:
         """Run the remove command. Raises ``KitError`` (HARD; FATAL on exit code 6) or
         ``KitTimeout`` (HARD)."""
-        p = _props(ctx)
+        p = ctx.properties
         await self._run_or_raise(ctx, Action.REMOVE, p.remove, p.remove_timeout)
 
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def quick_check(self, ctx: KitContext[AppProperties]) -> Check:
         """Run the quick_check command: 0 running, 7 stopped, else (or timeout) failed."""
-        p = _props(ctx)
+        p = ctx.properties
         return await self._check(ctx, Action.QUICK_CHECK, p.quick_check, p.quick_check_timeout)
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[AppProperties]) -> Check:
         """Run the deep_check command (the quick check when there is none)."""
-        p = _props(ctx)
+        p = ctx.properties
         if p.deep_check is None:
             return await self.quick_check(ctx)
         return await self._check(ctx, Action.DEEP_CHECK, p.deep_check, p.deep_check_timeout)
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[AppProperties]) -> bool:
         """Run the recover command (without one: remove, then restore), then the quick
         check; True when the application runs again. A failing step returns False; only
         a FATAL error (exit code 6) is raised."""
-        p = _props(ctx)
+        p = ctx.properties
         if p.recover is None:
             return await self.recover_by(ctx, self.remove, self.restore)
         command, seconds = p.recover, p.recover_timeout
 
-        async def run_recover(ctx: KitContext) -> None:
+        async def run_recover(ctx: KitContext[AppProperties]) -> None:
             await self._run_or_raise(ctx, Action.RECOVER, command, seconds)
 
         return await self.recover_by(ctx, run_recover)
 
+    async def escalate(self, ctx: KitContext[AppProperties]) -> list[str]:
+        """After a remove that overran or failed: kill every process of the resource's
+        cgroup, then run the quick check. KitError HARD when it still says running (no
+        cgroup here, or the application runs outside it)."""
+        done = await stop_cgroup(ctx.cgroup)
+        check = await self.quick_check(ctx)
+        if check.status is CheckStatus.RUNNING:
+            where = (
+                "with no cgroup to kill" if ctx.cgroup is None else "after its cgroup was killed"
+            )
+            raise KitError(
+                f"app resource {ctx.tag} on {ctx.server} still runs {where}: {check.detail}",
+                Severity.HARD,
+            )
+        return done
+
     # --- helpers ------------------------------------------------------------------------
 
     async def _run(
-        self, ctx: KitContext, action: Action, command: str, seconds: float
+        self, ctx: KitContext[AppProperties], action: Action, command: str, seconds: float
     ) -> CommandResult:
-        p = _props(ctx)
+        p = ctx.properties
         state_dir = ctx.state_dir
         await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
         env = {
@@ -194,7 +215,7 @@ class AppKit(Kit):
         )
 
     async def _run_or_raise(
-        self, ctx: KitContext, action: Action, command: str, seconds: float
+        self, ctx: KitContext[AppProperties], action: Action, command: str, seconds: float
     ) -> None:
         where = f"app resource {ctx.tag} on {ctx.server}"
         try:
@@ -217,7 +238,9 @@ class AppKit(Kit):
             f"{where}: the {action} command {result.describe_exit()}{detail}", Severity.HARD
         )
 
-    async def _check(self, ctx: KitContext, action: Action, command: str, seconds: float) -> Check:
+    async def _check(
+        self, ctx: KitContext[AppProperties], action: Action, command: str, seconds: float
+    ) -> Check:
         try:
             result = await self._run(ctx, action, command, seconds)
         except KitTimeout:
@@ -228,13 +251,3 @@ class AppKit(Kit):
             return Check.stopped(result.last_line or "not running")
         detail = f": {result.last_line}" if result.last_line else ""
         return Check.failed(f"{action} command {result.describe_exit()}{detail}")
-
-
-def _props(ctx: KitContext) -> AppProperties:
-    if not isinstance(ctx.properties, AppProperties):
-        raise KitError(
-            f"app resource {ctx.tag}: properties of type {type(ctx.properties).__name__} "
-            "given to the app kit; parse them with AppKit.parse_properties",
-            Severity.FATAL,
-        )
-    return ctx.properties

@@ -47,7 +47,6 @@ from vigil.kits.base import (
     ExtendCheck,
     Kit,
     KitContext,
-    KitProperties,
     Timeouts,
 )
 from vigil.kits.dns.properties import DnsProperties
@@ -69,7 +68,7 @@ _CHECK_REQUESTS = {Action.QUICK_CHECK: 1, Action.DEEP_CHECK: 3}
 _MARGIN = 2.0
 
 
-class DnsKit(Kit):
+class DnsKit(Kit[DnsProperties]):
     """DNS records: a name's A (and PTR) record follows the hierarchy."""
 
     name: ClassVar[str] = "dns"
@@ -77,17 +76,15 @@ class DnsKit(Kit):
         "DNS records: keeps a name's A record (and PTR) pointing at the server where the "
         "hierarchy is in service, by TSIG-signed dynamic update (RFC 2136)"
     )
-    Properties: ClassVar[type[KitProperties]] = DnsProperties
+    Properties = DnsProperties
     timeouts: ClassVar[Timeouts] = Timeouts(
         restore=60.0, remove=30.0, quick_check=15.0, deep_check=30.0, recover=90.0, validate=60.0
     )
     check_intervals: ClassVar[CheckIntervals] = CheckIntervals(quick=10.0, deep=60.0)
 
-    def timeout(self, action: Action, properties: KitProperties) -> float:
+    def timeout(self, action: Action, properties: DnsProperties) -> float:
         """Enough for every DNS request the action may make, each bounded by the
         resource's ``request_timeout``."""
-        if not isinstance(properties, DnsProperties):
-            return super().timeout(action, properties)
         per_request = properties.request_timeout
         if action in _CHECK_REQUESTS:
             return _CHECK_REQUESTS[action] * per_request + _MARGIN
@@ -97,15 +94,15 @@ class DnsKit(Kit):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
+    async def validate_create(self, ctx: KitContext[DnsProperties]) -> list[str]:
         """Every problem on every DNS server (see the module's table). Changes nothing."""
-        return await _problems(_props(ctx))
+        return await _problems(ctx.properties)
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+    async def can_extend(self, ctx: KitContext[DnsProperties]) -> ExtendCheck:
         """The same checks for the target's address. Proposes the target's first IPv4
         address when the address given is not one of the target's (it was copied from
         the server the hierarchy is extended from)."""
-        p = _props(ctx)
+        p = ctx.properties
         proposed: dict[str, str] = {}
         own = [a for a in ctx.addresses if _is_ipv4(a)]
         if own and p.address not in own:
@@ -115,11 +112,11 @@ class DnsKit(Kit):
 
     # --- service actions ----------------------------------------------------------------
 
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[DnsProperties]) -> None:
         """Point the records at this server's address on every DNS server, primary first.
         Raises ``KitError``: FATAL when a server refuses, HARD when none was updated; DNS
         servers that did not answer while another was updated are logged as warnings."""
-        p = _props(ctx)
+        p = ctx.properties
         client = DnsClient(p)
         failures: list[DnsFailure] = []
         for server in p.endpoints():
@@ -136,10 +133,10 @@ class DnsKit(Kit):
             reasons = "; ".join(str(f) for f in failures)
             raise KitError(f"{where}: no DNS server could be updated: {reasons}", Severity.HARD)
 
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[DnsProperties]) -> None:
         """Leave the records (default), or delete them where they still point here
         (``remove_records``). Never raises: a problem is logged as a warning."""
-        p = _props(ctx)
+        p = ctx.properties
         if not p.remove_records:
             ctx.log.info(
                 "%s: out of service here; %s keeps pointing at %s until the next restore",
@@ -155,15 +152,15 @@ class DnsKit(Kit):
             except DnsFailure as failure:
                 ctx.log.warning("%s: records not deleted: %s", ctx.tag, failure)
 
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def quick_check(self, ctx: KitContext[DnsProperties]) -> Check:
         """Does every DNS server answer this server's address for the name? Read-only."""
-        return await _check(_props(ctx), deep=False)
+        return await _check(ctx.properties, deep=False)
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[DnsProperties]) -> Check:
         """The quick check, and the PTR record of the address. Read-only."""
-        return await _check(_props(ctx), deep=True)
+        return await _check(ctx.properties, deep=True)
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[DnsProperties]) -> bool:
         """Restore again, then the quick check; True when the records point here. Only a
         FATAL error is raised."""
         return await self.recover_by(ctx, self.restore)
@@ -195,16 +192,6 @@ def combine(views: list[ServerView]) -> Check:
         return Check.failed("; ".join(v.detail for v in answered_wrong or failed))
     running = "; ".join(v.detail for v in by_status[CheckStatus.RUNNING])
     return Check.running(running, warning="; ".join(v.detail for v in failed))
-
-
-def _props(ctx: KitContext) -> DnsProperties:
-    if not isinstance(ctx.properties, DnsProperties):
-        raise KitError(
-            f"dns resource {ctx.tag}: properties of type {type(ctx.properties).__name__} "
-            "given to the dns kit; parse them with DnsKit.parse_properties",
-            Severity.FATAL,
-        )
-    return ctx.properties
 
 
 def _is_ipv4(text: str) -> bool:

@@ -33,6 +33,9 @@ deep_check     the quick check, then pings the ping list (or the subnet's gatewa
 recover        if ``local_recovery``: re-add and re-announce on the interface, else move
                to the backup interface; False (fail over) when neither works
 delete         nothing was created on the server: cancels a pending announcement
+escalate       after a remove that overran (or failed where the agent must let go):
+               cancels the announcement without waiting for it, deletes the address
+               from every interface it is on; HARD if it is still configured
 fence_actions  the address on the interface and on the backup interface, for the fence
                guard to delete if the agent stops renewing its lease
 =============  =========================================================================
@@ -57,7 +60,6 @@ from vigil.kits.base import (
     FenceActions,
     Kit,
     KitContext,
-    KitProperties,
     Timeouts,
 )
 from vigil.kits.ip import arp, netlink
@@ -79,7 +81,7 @@ PING_TIMEOUT = 1
 CONFIGURED_FILE = "configured-address"
 
 
-class IpKit(Kit):
+class IpKit(Kit[IpProperties]):
     """Switchable IPv4 address, added over netlink and announced by gratuitous ARP."""
 
     name: ClassVar[str] = "ip"
@@ -87,7 +89,7 @@ class IpKit(Kit):
         "Switchable IP address: an IPv4 address that moves with its hierarchy, "
         "checked for duplicates and announced by gratuitous ARP"
     )
-    Properties: ClassVar[type[KitProperties]] = IpProperties
+    Properties = IpProperties
     timeouts: ClassVar[Timeouts] = Timeouts(
         restore=15.0,
         remove=15.0,
@@ -104,9 +106,9 @@ class IpKit(Kit):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
+    async def validate_create(self, ctx: KitContext[IpProperties]) -> list[str]:
         """Configuration checks here, then an ARP probe for another owner of the address."""
-        p = _props(ctx)
+        p = ctx.properties
         view = await netlink.read_view()
         problems = config_problems(view, p, ctx.server, _linkdown_ignored(p))
         if not problems:
@@ -117,9 +119,9 @@ class IpKit(Kit):
                     problems.append(_duplicate(p.address, owner, link.name, ctx.server))
         return problems
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+    async def can_extend(self, ctx: KitContext[IpProperties]) -> ExtendCheck:
         """The configuration checks on the target, with the proposed interface."""
-        p = _props(ctx)
+        p = ctx.properties
         view = await netlink.read_view()
         proposed: dict[str, object] = {"interface": choose_interface(view, p)}
         if p.backup_interface is not None and view.link(p.backup_interface) is None:
@@ -134,9 +136,9 @@ class IpKit(Kit):
         problems = config_problems(view, final, ctx.server, _linkdown_ignored(final))
         return ExtendCheck(problems=problems, proposed=proposed)
 
-    async def extend(self, ctx: KitContext) -> None:
+    async def extend(self, ctx: KitContext[IpProperties]) -> None:
         """Check the final per-server properties once more; FATAL when they cannot work."""
-        p = _props(ctx)
+        p = ctx.properties
         view = await netlink.read_view()
         problems = config_problems(view, p, ctx.server, _linkdown_ignored(p))
         if problems:
@@ -145,26 +147,26 @@ class IpKit(Kit):
                 Severity.FATAL,
             )
 
-    async def delete(self, ctx: KitContext) -> None:
+    async def delete(self, ctx: KitContext[IpProperties]) -> None:
         """Nothing was created on the server: a pending announcement is cancelled and the
         note of the configured address is removed. Idempotent."""
         await self._announcer.stop(ctx.tag)
         await asyncio.to_thread(_forget_configured, ctx)
 
-    def fence_actions(self, ctx: KitContext) -> FenceActions:
+    def fence_actions(self, ctx: KitContext[IpProperties]) -> FenceActions:
         """The fence guard deletes the address from the interface and the backup
         interface (wherever local recovery may have put it) if the agent stops renewing."""
-        p = _props(ctx)
+        p = ctx.properties
         return FenceActions(
             addresses=tuple((str(p.address), p.prefixlen, name) for name in p.interfaces)
         )
 
     # --- service actions ----------------------------------------------------------------
 
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[IpProperties]) -> None:
         """Bring the address up here (idempotent). KitError HARD when no interface can
         carry it or another host answers for it."""
-        p = _props(ctx)
+        p = ctx.properties
         view = await netlink.read_view()
         for ifname in p.interfaces:
             link = usable(view, p, ifname)
@@ -182,44 +184,28 @@ class IpKit(Kit):
             Severity.HARD,
         )
 
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[IpProperties]) -> None:
         """Delete the address from every interface it is on (idempotent); raises HARD,
         after trying every deletion, if it is still configured."""
-        p = _props(ctx)
         await self._announcer.stop(ctx.tag)
-        ips = {p.address}
-        noted = await _configured(ctx)
-        if noted is not None and noted != p.address:
-            ctx.log.info("%s: removing %s too, configured before a property change", ctx.tag, noted)
-            ips.add(noted)
-        view = await netlink.read_view()
-        failures = []
-        for address in [a for a in view.addresses if a.ip in ips]:
-            try:
-                if await netlink.delete_address(address):
-                    ctx.log.info("%s: deleted %s from %s", ctx.tag, address.interface, address.link)
-            except KitError as exc:
-                failures.append(str(exc))
-        left = [a for a in (await netlink.read_view()).addresses if a.ip in ips]
-        if not left:
-            await asyncio.to_thread(_forget_configured, ctx)
-        else:
-            where = ", ".join(f"{a.interface} on {a.link}" for a in left)
-            detail = f" ({'; '.join(failures)})" if failures else ""
-            raise KitError(
-                f"ip resource {ctx.tag}: {where} is still configured on {ctx.server}{detail}",
-                Severity.HARD,
-            )
+        await _delete_everywhere(ctx)
 
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def escalate(self, ctx: KitContext[IpProperties]) -> list[str]:
+        """After a remove that overran or failed: the pending announcement cancelled
+        without waiting for it, and the address deleted from every interface it is on;
+        what was deleted. HARD if it is still configured."""
+        self._announcer.cancel(ctx.tag)
+        return await _delete_everywhere(ctx)
+
+    async def quick_check(self, ctx: KitContext[IpProperties]) -> Check:
         """RUNNING when the address is on the interface or backup interface and that
         link is up; STOPPED when absent; FAILED otherwise. Read-only."""
-        return _check(await netlink.read_view(), _props(ctx))
+        return _check(await netlink.read_view(), ctx.properties)
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[IpProperties]) -> Check:
         """The quick check, then the ping list (or the subnet's gateway) from the address:
         FAILED when no target answers. Read-only."""
-        p = _props(ctx)
+        p = ctx.properties
         view = await netlink.read_view()
         check = _check(view, p)
         if check.status is not CheckStatus.RUNNING:
@@ -232,11 +218,11 @@ class IpKit(Kit):
             return check
         return await _ping_all(ctx, p.address, targets, check)
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[IpProperties]) -> bool:
         """Re-add and re-announce the address on the interface, else move it to the
         backup interface; True when the quick check then says RUNNING. False at once when
         ``local_recovery`` is off here."""
-        p = _props(ctx)
+        p = ctx.properties
         if not p.local_recovery:
             ctx.log.info("%s: local recovery is off on %s", ctx.tag, ctx.server)
             return False
@@ -262,7 +248,9 @@ class IpKit(Kit):
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _claim(self, ctx: KitContext, view: NetView, p: IpProperties, link: Link) -> None:
+    async def _claim(
+        self, ctx: KitContext[IpProperties], view: NetView, p: IpProperties, link: Link
+    ) -> None:
         """Probe, put the address on ``link`` (moving it from any other link), announce."""
         if link.uses_arp:
             owner = await arp.probe(link.name, p.address, view.macs())
@@ -294,17 +282,40 @@ class IpKit(Kit):
         self._announcer.start(ctx.tag, link.name, p.address, still_there, ctx.log)
 
 
-def _props(ctx: KitContext) -> IpProperties:
-    if not isinstance(ctx.properties, IpProperties):
+async def _delete_everywhere(ctx: KitContext[IpProperties]) -> list[str]:
+    """Delete the address (and the one the last restore noted, should ``address`` have
+    been edited since) from every interface it is on; what was deleted. HARD, after
+    trying every deletion, if it is still configured."""
+    p = ctx.properties
+    ips = {p.address}
+    noted = await _configured(ctx)
+    if noted is not None and noted != p.address:
+        ctx.log.info("%s: removing %s too, configured before a property change", ctx.tag, noted)
+        ips.add(noted)
+    view = await netlink.read_view()
+    failures: list[str] = []
+    deleted: list[str] = []
+    for address in [a for a in view.addresses if a.ip in ips]:
+        try:
+            if await netlink.delete_address(address):
+                ctx.log.info("%s: deleted %s from %s", ctx.tag, address.interface, address.link)
+                deleted.append(f"deleted {address.interface} from {address.link}")
+        except KitError as exc:
+            failures.append(str(exc))
+    left = [a for a in (await netlink.read_view()).addresses if a.ip in ips]
+    if not left:
+        await asyncio.to_thread(_forget_configured, ctx)
+    else:
+        where = ", ".join(f"{a.interface} on {a.link}" for a in left)
+        detail = f" ({'; '.join(failures)})" if failures else ""
         raise KitError(
-            f"ip resource {ctx.tag}: properties of type {type(ctx.properties).__name__} "
-            "given to the ip kit; parse them with IpKit.parse_properties",
-            Severity.FATAL,
+            f"ip resource {ctx.tag}: {where} is still configured on {ctx.server}{detail}",
+            Severity.HARD,
         )
-    return ctx.properties
+    return deleted
 
 
-async def _note_configured(ctx: KitContext, ip: IPv4Address) -> None:
+async def _note_configured(ctx: KitContext[IpProperties], ip: IPv4Address) -> None:
     """Note the address about to be configured (in the resource's state directory), so
     that ``remove`` deletes it even if the ``address`` property is edited meanwhile."""
 
@@ -318,14 +329,14 @@ async def _note_configured(ctx: KitContext, ip: IPv4Address) -> None:
         ctx.log.warning("%s: cannot note the configured address: %s", ctx.tag, exc)
 
 
-def _forget_configured(ctx: KitContext) -> None:
+def _forget_configured(ctx: KitContext[IpProperties]) -> None:
     """Remove the note of the configured address, and the state directory if empty."""
     (ctx.state_dir / CONFIGURED_FILE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         ctx.state_dir.rmdir()
 
 
-async def _configured(ctx: KitContext) -> IPv4Address | None:
+async def _configured(ctx: KitContext[IpProperties]) -> IPv4Address | None:
     """The address noted by the last restore here, if any."""
     try:
         text = await asyncio.to_thread((ctx.state_dir / CONFIGURED_FILE).read_text)
@@ -361,7 +372,7 @@ def _check(view: NetView, p: IpProperties) -> Check:
 
 
 async def _ping_all(
-    ctx: KitContext, source: IPv4Address, targets: list[IPv4Address], check: Check
+    ctx: KitContext[IpProperties], source: IPv4Address, targets: list[IPv4Address], check: Check
 ) -> Check:
     """Ping every target once, in parallel, from ``source``."""
     results = await asyncio.gather(*(_ping(ctx, source, target) for target in targets))
@@ -376,7 +387,9 @@ async def _ping_all(
     return check
 
 
-async def _ping(ctx: KitContext, source: IPv4Address, target: IPv4Address) -> bool | None:
+async def _ping(
+    ctx: KitContext[IpProperties], source: IPv4Address, target: IPv4Address
+) -> bool | None:
     """True when ``target`` answers a ping from ``source``; None when ping is missing."""
     argv = ["ping", "-n", "-q", "-c", "1", "-W", str(PING_TIMEOUT), "-I", str(source)]
     try:

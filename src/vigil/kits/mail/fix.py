@@ -60,7 +60,7 @@ def _replace_block(text: str, tag: str, block: str) -> str:
     return text.rstrip("\n") + "\n\n" + block
 
 
-async def apply_fixes(ctx: KitContext, props: MailProperties) -> list[str]:
+async def apply_fixes(ctx: KitContext[MailProperties], props: MailProperties) -> list[str]:
     """Make this server's configuration match ``expected_settings``; each change made."""
     actual = await config.settings(props.postfix_config, props.dovecot_config)
     wanted = _changed(props.expected_settings, actual)
@@ -92,7 +92,9 @@ async def apply_fixes(ctx: KitContext, props: MailProperties) -> list[str]:
     return made
 
 
-async def _postconf_set(ctx: KitContext, directory: str, name: str, value: str) -> None:
+async def _postconf_set(
+    ctx: KitContext[MailProperties], directory: str, name: str, value: str
+) -> None:
     result = await run_command(
         ["postconf", "-c", directory, "-e", f"{name} = {value}"], log=ctx.log, timeout=30,
         name="postconf -e",

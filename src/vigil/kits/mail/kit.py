@@ -27,6 +27,8 @@ deep_check     the quick check, then a probe message end to end (SMTP -> LMTP ->
                is a warning, not a failure: moving the mail service would not cure it
 recover        restarts the failed service only, then the quick check
 delete         removes the resource's state on this server (the failed-users log)
+escalate       after a remove that overran (or failed where the agent must let go): every
+               daemon of the resource's cgroup killed; HARD if a service still runs
 =============  =========================================================================
 """
 
@@ -47,9 +49,8 @@ from vigil.kits.base import (
     ExtendCheck,
     Kit,
     KitContext,
-    KitProperties,
     Timeouts,
-    properties_of,
+    stop_cgroup,
 )
 from vigil.kits.mail import config, fix, validation
 from vigil.kits.mail.probes import Probe, ProbeResult, round_trip
@@ -64,7 +65,7 @@ __all__ = ["MailKit"]
 REHOME_ALLOWANCE = 120.0
 
 
-class MailKit(Kit):
+class MailKit(Kit[MailProperties]):
     """Postfix + Dovecot with LDAP users (the seed's Microsoft Exchange Recovery Kit)."""
 
     name: ClassVar[str] = "mail"
@@ -72,7 +73,7 @@ class MailKit(Kit):
         "Mail server: Postfix and Dovecot (and optional services), users in an LDAP "
         "directory moved to the server in service"
     )
-    Properties: ClassVar[type[KitProperties]] = MailProperties
+    Properties = MailProperties
     timeouts: ClassVar[Timeouts] = Timeouts(
         restore=3 * 900.0, remove=3 * 900.0, quick_check=20.0, deep_check=60.0,
         recover=3 * 900.0, validate=120.0, delete=30.0,
@@ -88,11 +89,9 @@ class MailKit(Kit):
         self.rehomer = Rehomer()
         self._read_settings: dict[tuple[str, str], dict[str, str]] = {}
 
-    def timeout(self, action: Action, properties: KitProperties) -> float:
+    def timeout(self, action: Action, properties: MailProperties) -> float:
         """``max_wait`` per service start or stop (each service may take it all), plus the
         time to move users home after a restore."""
-        if not isinstance(properties, MailProperties):
-            return super().timeout(action, properties)
         services = 2 + len(properties.services)
         per_service = properties.max_wait + 5.0 + CLEANUP_ALLOWANCE
         if action in (Action.RESTORE, Action.RECOVER):
@@ -105,15 +104,15 @@ class MailKit(Kit):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
-        props = properties_of(ctx, MailProperties)
+    async def validate_create(self, ctx: KitContext[MailProperties]) -> list[str]:
+        props = ctx.properties
         problems = await validation.setup_problems(ctx, props)
         if problems:
             return problems
         return (await validation.create_plan(ctx, props)).problems
 
-    async def create(self, ctx: KitContext) -> list[ChildResource]:
-        props = properties_of(ctx, MailProperties)
+    async def create(self, ctx: KitContext[MailProperties]) -> list[ChildResource]:
+        props = ctx.properties
         plan = await validation.create_plan(ctx, props)
         if plan.problems:
             raise KitError(plan.problems[0], Severity.FATAL)
@@ -121,8 +120,8 @@ class MailKit(Kit):
         named += [ChildResource(tag, "dns", adopt=True) for tag in props.dns_resources]
         return [*plan.volumes, *named]
 
-    async def recorded_properties(self, ctx: KitContext) -> Mapping[str, Any]:
-        props = properties_of(ctx, MailProperties)
+    async def recorded_properties(self, ctx: KitContext[MailProperties]) -> Mapping[str, Any]:
+        props = ctx.properties
         recorded: dict[str, Any] = {
             "expected_settings": await config.settings(props.postfix_config, props.dovecot_config)
         }
@@ -130,8 +129,8 @@ class MailKit(Kit):
             recorded["home_server"] = home_values(ctx, props)[0]
         return recorded
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
-        props = properties_of(ctx, MailProperties)
+    async def can_extend(self, ctx: KitContext[MailProperties]) -> ExtendCheck:
+        props = ctx.properties
         problems, fixable = await validation.extend_problems(ctx, props)
         proposed: dict[str, Any] = {}
         if props.home_mode is HomeMode.SERVER:
@@ -150,10 +149,10 @@ class MailKit(Kit):
                 proposed["home_server"] = mine
         return ExtendCheck(problems=problems, proposed=proposed, fixable=fixable)
 
-    async def fix_extend(self, ctx: KitContext) -> list[str]:
-        return await fix.apply_fixes(ctx, properties_of(ctx, MailProperties))
+    async def fix_extend(self, ctx: KitContext[MailProperties]) -> list[str]:
+        return await fix.apply_fixes(ctx, ctx.properties)
 
-    async def delete(self, ctx: KitContext) -> None:
+    async def delete(self, ctx: KitContext[MailProperties]) -> None:
         """Forget this resource's state here (the failed-users log). Idempotent."""
         self.rehomer.cancel(ctx.tag)
         if ctx.state_dir.name == ctx.tag:
@@ -161,9 +160,9 @@ class MailKit(Kit):
 
     # --- service actions ----------------------------------------------------------------
 
-    async def _services(self, ctx: KitContext) -> list[Service]:
+    async def _services(self, ctx: KitContext[MailProperties]) -> list[Service]:
         """The services in start order, with where their checks find them."""
-        props = properties_of(ctx, MailProperties)
+        props = ctx.properties
         if not props.setting("postfix:queue_directory"):
             props = props.model_copy(update={"expected_settings": await self._settings(props)})
         ip = ctx.child_of_kit("ip")
@@ -188,16 +187,16 @@ class MailKit(Kit):
             self._read_settings[key] = await config.settings(*key)
         return self._read_settings[key]
 
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[MailProperties]) -> None:
         """Check the queue is where the hierarchy keeps it, start every service in order,
         then move the users home here."""
-        props = properties_of(ctx, MailProperties)
+        props = ctx.properties
         await self._same_queue(ctx, props)
         for service in await self._services(ctx):
             await service.start(ctx)
         await self.rehomer.on_restore(ctx, props)
 
-    async def _same_queue(self, ctx: KitContext, props: MailProperties) -> None:
+    async def _same_queue(self, ctx: KitContext[MailProperties], props: MailProperties) -> None:
         """A server whose Postfix queues elsewhere than on the hierarchy's volume would
         accept mail into a queue that does not move with it: refused (HARD: the next
         server is tried)."""
@@ -213,7 +212,7 @@ class MailKit(Kit):
                 Severity.HARD,
             )
 
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[MailProperties]) -> None:
         """Stop every service in reverse order; tries each before raising."""
         self.rehomer.cancel(ctx.tag)
         failures = []
@@ -225,7 +224,21 @@ class MailKit(Kit):
         if failures:
             raise KitError(f"mail resource {ctx.tag}: {'; '.join(failures)}", Severity.HARD)
 
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def escalate(self, ctx: KitContext[MailProperties]) -> list[str]:
+        """Kill every daemon of the resource's cgroup (a remove overran or failed); HARD
+        when a service still runs afterwards (started outside vigil, no cgroup here)."""
+        self.rehomer.cancel(ctx.tag)
+        done = await stop_cgroup(ctx.cgroup)
+        running = [s.name for s in await self._services(ctx) if await s.running(ctx)]
+        if running:
+            raise KitError(
+                f"mail resource {ctx.tag}: {', '.join(running)} still running on {ctx.server} "
+                "after its cgroup was killed",
+                Severity.HARD,
+            )
+        return done
+
+    async def quick_check(self, ctx: KitContext[MailProperties]) -> Check:
         checks = [(s.name, await s.check(ctx)) for s in await self._services(ctx)]
         states = {check.status for _, check in checks}
         if states == {CheckStatus.STOPPED}:
@@ -235,9 +248,9 @@ class MailKit(Kit):
             return Check.failed("; ".join(bad))
         return Check.running(", ".join(name for name, _ in checks) + " running and answering")
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[MailProperties]) -> Check:
         quick = await self.quick_check(ctx)
-        props = properties_of(ctx, MailProperties)
+        props = ctx.properties
         if quick.status is not CheckStatus.RUNNING or not props.has_probe:
             return quick
         result = await self._round_trip(props, (await self._services(ctx))[0].endpoint)
@@ -251,10 +264,10 @@ class MailKit(Kit):
             )
         return Check.failed(f"end-to-end probe failed at {result.hop}: {result.detail}")
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[MailProperties]) -> bool:
         """Restart only the services whose check failed, then the quick check."""
 
-        async def restart_failed(ctx: KitContext) -> None:
+        async def restart_failed(ctx: KitContext[MailProperties]) -> None:
             services = await self._services(ctx)
             failed = {}
             for service in services:
@@ -273,9 +286,11 @@ class MailKit(Kit):
 
         return await self.recover_by(ctx, restart_failed)
 
-    async def _failed_hop(self, ctx: KitContext, services: list[Service]) -> dict[str, str]:
+    async def _failed_hop(
+        self, ctx: KitContext[MailProperties], services: list[Service]
+    ) -> dict[str, str]:
         """Every service answers: the deep check's round trip tells which hop is stuck."""
-        props = properties_of(ctx, MailProperties)
+        props = ctx.properties
         if not props.has_probe:
             return {}
         result = await self._round_trip(props, services[0].endpoint)

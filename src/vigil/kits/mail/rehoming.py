@@ -48,7 +48,7 @@ ROUTE_CACHE = 31.0
 ROUTE_SETTLE = 0.3
 
 
-def home_values(ctx: KitContext, props: MailProperties) -> tuple[str, list[str]]:
+def home_values(ctx: KitContext[MailProperties], props: MailProperties) -> tuple[str, list[str]]:
     """(this server's home value, the values users may have elsewhere: the other
     servers', and ``service_home`` when the hierarchy used home_mode service before)."""
     mine = props.home_server or (ctx.addresses[0] if ctx.addresses else ctx.server)
@@ -126,7 +126,7 @@ class Rehomer:
     def __init__(self) -> None:
         self._retries: dict[str, asyncio.Task[None]] = {}
 
-    async def on_restore(self, ctx: KitContext, props: MailProperties) -> None:
+    async def on_restore(self, ctx: KitContext[MailProperties], props: MailProperties) -> None:
         """Move the users here (server mode), then flush the front-ends (now, and once more
         after their route cache expired). Never raises for a directory problem: it is
         logged, recorded and retried in the background."""
@@ -152,7 +152,7 @@ class Rehomer:
         if task is not None:
             task.cancel()
 
-    async def _flush_again(self, ctx: KitContext, props: MailProperties) -> None:
+    async def _flush_again(self, ctx: KitContext[MailProperties], props: MailProperties) -> None:
         await asyncio.sleep(ROUTE_CACHE)
         await self._flush(ctx, props)
 
@@ -161,7 +161,7 @@ class Rehomer:
         return task is not None and not task.done()
 
     async def _retry(
-        self, ctx: KitContext, props: MailProperties, to: str, away: list[str]
+        self, ctx: KitContext[MailProperties], props: MailProperties, to: str, away: list[str]
     ) -> None:
         delay = RETRY_FIRST
         while True:
@@ -174,7 +174,12 @@ class Rehomer:
             delay = min(delay * 2, RETRY_MAX)
 
     async def _record(
-        self, ctx: KitContext, props: MailProperties, result: Rehomed, *, first: bool
+        self,
+        ctx: KitContext[MailProperties],
+        props: MailProperties,
+        result: Rehomed,
+        *,
+        first: bool,
     ) -> None:
         await asyncio.to_thread(_write_failed_users, ctx.state_dir, result.failed)
         if result.moved or first:
@@ -200,7 +205,7 @@ class Rehomer:
                 f"{result.seconds:.2f}s; every user is home",
             )
 
-    async def _flush(self, ctx: KitContext, props: MailProperties) -> None:
+    async def _flush(self, ctx: KitContext[MailProperties], props: MailProperties) -> None:
         domains = props.etrn_domains or _domains(props.expected_settings)
         if props.has_probe and props.frontends:
             # the front-end's queue manager keeps the route of the recipient it resolved

@@ -90,7 +90,7 @@ class Service:
     def log_file(self) -> str:
         return ""
 
-    async def running(self, ctx: KitContext) -> bool:
+    async def running(self, ctx: KitContext[MailProperties]) -> bool:
         pid = self.pid()
         return pid is not None and pid_alive(pid)
 
@@ -98,15 +98,15 @@ class Service:
         """Its listeners answer as they should (running), or why not (failed)."""
         return Check.running()
 
-    async def _start(self, ctx: KitContext) -> None:
+    async def _start(self, ctx: KitContext[MailProperties]) -> None:
         raise NotImplementedError
 
-    async def _stop(self, ctx: KitContext, force: bool) -> None:
+    async def _stop(self, ctx: KitContext[MailProperties], force: bool) -> None:
         raise NotImplementedError
 
     # --- the contract the kit uses -------------------------------------------------------
 
-    async def start(self, ctx: KitContext) -> None:
+    async def start(self, ctx: KitContext[MailProperties]) -> None:
         """Start it (adopt it when it runs already) and wait until it answers; KitError
         HARD with the tail of its log when it is not up within ``max_wait``."""
         if await self.running(ctx):
@@ -124,7 +124,7 @@ class Service:
             )
         ctx.log.info("%s: %s is up (%.2fs)", ctx.tag, self.name, time.monotonic() - began)
 
-    async def stop(self, ctx: KitContext) -> None:
+    async def stop(self, ctx: KitContext[MailProperties]) -> None:
         """Stop it and wait until it is gone; after ``max_wait``, force it (SIGKILL).
         Idempotent. KitError HARD when even that fails."""
         if not await self.running(ctx):
@@ -142,7 +142,7 @@ class Service:
         if why:
             raise KitError(f"{self.name} could not be stopped: {why}", Severity.HARD)
 
-    async def check(self, ctx: KitContext) -> Check:
+    async def check(self, ctx: KitContext[MailProperties]) -> Check:
         if not await self.running(ctx):
             return Check.stopped(f"{self.name} is not running")
         heard = await self.listening()
@@ -150,7 +150,7 @@ class Service:
             return Check.failed(f"{self.name}: {heard.detail}")
         return Check.running(f"{self.name}: {heard.detail}" if heard.detail else self.name)
 
-    def adopt(self, ctx: KitContext) -> None:
+    def adopt(self, ctx: KitContext[MailProperties]) -> None:
         """Move the running service's processes into the resource's cgroup."""
         pid = self.pid()
         if pid is None or ctx.cgroup is None:
@@ -167,17 +167,17 @@ class Service:
 
     # --- helpers --------------------------------------------------------------------------
 
-    async def _up(self, ctx: KitContext) -> str:
+    async def _up(self, ctx: KitContext[MailProperties]) -> str:
         if not await self.running(ctx):
             return f"{self.name} is not running"
         heard = await self.listening()
         return "" if heard.status.value == "running" else heard.detail
 
-    async def _down(self, ctx: KitContext) -> str:
+    async def _down(self, ctx: KitContext[MailProperties]) -> str:
         return f"{self.name} is still running" if await self.running(ctx) else ""
 
     async def _wait(
-        self, ctx: KitContext, problem: Callable[[], Awaitable[str]], seconds: float
+        self, ctx: KitContext[MailProperties], problem: Callable[[], Awaitable[str]], seconds: float
     ) -> str:
         """Wait until ``problem()`` says "" (done); the last problem after ``seconds``."""
         deadline = time.monotonic() + seconds
@@ -197,7 +197,9 @@ class Service:
             return ""
         return f"; last lines of {path}:\n  " + "\n  ".join(lines) if lines else ""
 
-    async def _command(self, ctx: KitContext, argv: list[str] | str, what: str) -> None:
+    async def _command(
+        self, ctx: KitContext[MailProperties], argv: list[str] | str, what: str
+    ) -> None:
         """Run a start or stop command in the resource's cgroup. Its output goes to a file
         in the resource's state directory, not to a pipe: a daemon it starts would inherit
         the pipe, and the command would be waited for as long as the pipe is open."""
@@ -235,12 +237,12 @@ class Postfix(Service):
         heard = await greeting("220", self.endpoint.address, self.endpoint.smtp_port)
         return Check.running(f"SMTP {heard.detail}") if heard.ok else Check.failed(heard.detail)
 
-    async def _start(self, ctx: KitContext) -> None:
+    async def _start(self, ctx: KitContext[MailProperties]) -> None:
         await self._command(
             ctx, ["postfix", "-c", self.props.postfix_config, "start"], "postfix start"
         )
 
-    async def _stop(self, ctx: KitContext, force: bool) -> None:
+    async def _stop(self, ctx: KitContext[MailProperties], force: bool) -> None:
         verb = "abort" if force else "stop"
         with contextlib.suppress(KitError):
             await self._command(
@@ -278,10 +280,10 @@ class Dovecot(Service):
             return Check.failed("; ".join(bad))
         return Check.running(", ".join(h.detail for h in heard))
 
-    async def _start(self, ctx: KitContext) -> None:
+    async def _start(self, ctx: KitContext[MailProperties]) -> None:
         await self._command(ctx, ["dovecot", "-c", self.props.dovecot_config], "dovecot start")
 
-    async def _stop(self, ctx: KitContext, force: bool) -> None:
+    async def _stop(self, ctx: KitContext[MailProperties], force: bool) -> None:
         # a signal to the master, not `dovecot stop`: that command waits until the master's
         # pid is gone, and an exited master stays a zombie until its parent (the agent, a
         # subreaper) reaps it, up to seconds later; a zombie serves nothing
@@ -311,7 +313,7 @@ class Command(Service):
         }
         return [what for what, command in named.items() if not command]
 
-    async def running(self, ctx: KitContext) -> bool:
+    async def running(self, ctx: KitContext[MailProperties]) -> bool:
         assert self.check_command
         result = await run_command(
             self.check_command, log=_CHECK_LOG, timeout=COMMAND_TIMEOUT, shell=True,
@@ -319,11 +321,11 @@ class Command(Service):
         )  # fmt: skip
         return result.ok
 
-    async def _start(self, ctx: KitContext) -> None:
+    async def _start(self, ctx: KitContext[MailProperties]) -> None:
         assert self.start_command
         await self._command(ctx, self.start_command, f"{self.name} start")
 
-    async def _stop(self, ctx: KitContext, force: bool) -> None:
+    async def _stop(self, ctx: KitContext[MailProperties], force: bool) -> None:
         if not force:
             assert self.stop_command
             with contextlib.suppress(KitError):

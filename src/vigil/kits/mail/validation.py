@@ -46,7 +46,7 @@ class Plan:
     volumes: list[ChildResource] = field(default_factory=list)
 
 
-async def setup_problems(ctx: KitContext, props: MailProperties) -> list[str]:
+async def setup_problems(ctx: KitContext[MailProperties], props: MailProperties) -> list[str]:
     """Programs, versions, configuration files, boot-time units, optional services and the
     directory account, on ``ctx.server``."""
     problems = [
@@ -74,7 +74,7 @@ async def setup_problems(ctx: KitContext, props: MailProperties) -> list[str]:
     return problems
 
 
-async def _versions(ctx: KitContext, props: MailProperties) -> list[str]:
+async def _versions(ctx: KitContext[MailProperties], props: MailProperties) -> list[str]:
     found = {
         "postfix": await config.postfix_version(props.postfix_config),
         "dovecot": await config.dovecot_version(),
@@ -99,7 +99,7 @@ def _major(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-async def _boot_units(ctx: KitContext, props: MailProperties) -> list[str]:
+async def _boot_units(ctx: KitContext[MailProperties], props: MailProperties) -> list[str]:
     """Protected services must not start at boot outside vigil (the seed's MANUAL)."""
     if shutil.which("systemctl") is None:
         return []
@@ -119,7 +119,7 @@ async def _boot_units(ctx: KitContext, props: MailProperties) -> list[str]:
     return problems
 
 
-def _optional_services(ctx: KitContext, props: MailProperties) -> list[str]:
+def _optional_services(ctx: KitContext[MailProperties], props: MailProperties) -> list[str]:
     problems = []
     for spec in props.services:
         service = Command(props, Endpoint("127.0.0.1"), spec)
@@ -141,7 +141,7 @@ def _optional_services(ctx: KitContext, props: MailProperties) -> list[str]:
 # --- create: where the data is --------------------------------------------------------
 
 
-async def create_plan(ctx: KitContext, props: MailProperties) -> Plan:
+async def create_plan(ctx: KitContext[MailProperties], props: MailProperties) -> Plan:
     """Every data location classified: on the system filesystem (refused, with how to
     move it), missing (refused), or on a filesystem that becomes a volume child."""
     plan = Plan()
@@ -197,7 +197,9 @@ def _unique(locations: list[config.DataLocation]) -> list[config.DataLocation]:
     return unique
 
 
-async def _volume_child(ctx: KitContext, mount: mt.MountEntry, tag: str) -> ChildResource | str:
+async def _volume_child(
+    ctx: KitContext[MailProperties], mount: mt.MountEntry, tag: str
+) -> ChildResource | str:
     """The volume resource protecting ``mount`` (its device, UUID and type), or why not."""
     device = mount.source
     if not device.startswith("/dev/"):
@@ -227,7 +229,9 @@ async def _volume_child(ctx: KitContext, mount: mt.MountEntry, tag: str) -> Chil
 # --- extend -----------------------------------------------------------------------------
 
 
-async def extend_problems(ctx: KitContext, props: MailProperties) -> tuple[list[str], bool]:
+async def extend_problems(
+    ctx: KitContext[MailProperties], props: MailProperties
+) -> tuple[list[str], bool]:
     """Problems on the backup, and whether ``--fix`` can correct them all (only
     configuration differences, outside an N+1 hierarchy)."""
     problems = await setup_problems(ctx, props)

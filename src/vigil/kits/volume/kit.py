@@ -33,11 +33,11 @@ deep_check     the quick check, then writes and reads back ``.vigil-check`` at t
                volume's root and compares the filesystem's UUID
 recover        remove, restore, quick check; False when any fails (FATAL is raised)
 delete         nothing to clean: create and extend made nothing on the server
+escalate       after a remove that overran (or failed where the agent must let go):
+               SIGKILL every holder, unmount, unmount lazily if still busy; HARD when
+               the filesystem is still alive on this host afterwards
 fence_actions  the mount point, for the fence guard to unmount lazily
 =============  =========================================================================
-
-``VolumeKit.force_remove(ctx)`` is the escalation for the agent's fencing when ``remove``
-failed or overran: SIGKILL the holders, unmount, unmount lazily if still busy.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ from vigil.kits.base import (
     FenceActions,
     Kit,
     KitContext,
-    KitProperties,
     Timeouts,
 )
 from vigil.kits.process import CLEANUP_ALLOWANCE
@@ -73,7 +72,7 @@ __all__ = ["CHECK_FILE", "VolumeKit"]
 CHECK_FILE = ".vigil-check"
 
 
-class VolumeKit(Kit):
+class VolumeKit(Kit[VolumeProperties]):
     """A filesystem on a shared block device (the seed's volume resource)."""
 
     name: ClassVar[str] = "volume"
@@ -81,22 +80,20 @@ class VolumeKit(Kit):
         "Volume: a filesystem on a shared block device, mounted at its mount point on one "
         "server at a time (ext4 multi-mount protection as a second guard)"
     )
-    Properties: ClassVar[type[KitProperties]] = VolumeProperties
+    Properties = VolumeProperties
     timeouts: ClassVar[Timeouts] = Timeouts(
         restore=300.0, remove=60.0, quick_check=10.0, deep_check=30.0, recover=420.0
     )
     check_intervals: ClassVar[CheckIntervals] = CheckIntervals(quick=2.0, deep=60.0)
 
-    def timeout(self, action: Action, properties: KitProperties) -> float:
+    def timeout(self, action: Action, properties: VolumeProperties) -> float:
         """``restore_timeout`` and ``remove_timeout`` (plus the margin to kill a command
         and report) for restore, remove, and recover (both, and a check)."""
-        if not isinstance(properties, VolumeProperties):
-            return super().timeout(action, properties)
         restore = properties.restore_timeout + CLEANUP_ALLOWANCE
         remove = properties.remove_timeout + CLEANUP_ALLOWANCE
         if action is Action.RESTORE:
             return restore
-        if action is Action.REMOVE:
+        if action in (Action.REMOVE, Action.ESCALATE):
             return remove
         if action is Action.RECOVER:
             return restore + remove + self.timeouts.quick_check
@@ -104,9 +101,9 @@ class VolumeKit(Kit):
 
     # --- configuration actions ----------------------------------------------------------
 
-    async def validate_create(self, ctx: KitContext) -> list[str]:
+    async def validate_create(self, ctx: KitContext[VolumeProperties]) -> list[str]:
         """Every problem with the device, its filesystem and the mount point here."""
-        p = _props(ctx)
+        p = ctx.properties
         found = await validation.device_findings(p, ctx.server, PROBE_LOG)
         return (
             found.problems
@@ -114,10 +111,10 @@ class VolumeKit(Kit):
             + validation.setup_problems(p, ctx.server)
         )
 
-    async def can_extend(self, ctx: KitContext) -> ExtendCheck:
+    async def can_extend(self, ctx: KitContext[VolumeProperties]) -> ExtendCheck:
         """The checks of ``validate_create`` on the target; proposes the target's device
         (by ``filesystem_uuid``) when the one given does not do there."""
-        p = _props(ctx)
+        p = ctx.properties
         found = await validation.device_findings(p, ctx.server, PROBE_LOG)
         proposed: dict[str, str] = {}
         if found.problems and found.curable:
@@ -135,10 +132,10 @@ class VolumeKit(Kit):
         )
         return ExtendCheck(problems=problems, proposed=proposed)
 
-    async def extend(self, ctx: KitContext) -> None:
+    async def extend(self, ctx: KitContext[VolumeProperties]) -> None:
         """The device checks again, with the properties the target was given: FATAL if
         they fail (an administrator's override skipped the proposal)."""
-        p = _props(ctx)
+        p = ctx.properties
         found = await validation.device_findings(p, ctx.server, PROBE_LOG)
         if found.problems:
             raise KitError(
@@ -146,42 +143,43 @@ class VolumeKit(Kit):
                 Severity.FATAL,
             )
 
-    def fence_actions(self, ctx: KitContext) -> FenceActions:
+    def fence_actions(self, ctx: KitContext[VolumeProperties]) -> FenceActions:
         """The mount point: the fence guard unmounts it lazily after killing the
         resources' processes (the filesystem then goes with its last user)."""
-        return FenceActions(mounts=(_props(ctx).mount_point,))
+        return FenceActions(mounts=(ctx.properties.mount_point,))
 
     # --- service actions ----------------------------------------------------------------
 
-    async def restore(self, ctx: KitContext) -> None:
+    async def restore(self, ctx: KitContext[VolumeProperties]) -> None:
         """Mount the volume here (fsck per policy first). Idempotent. ``KitError``: HARD
         (device missing, another filesystem there, mounted elsewhere, refused by
         multi-mount protection), FATAL (fsck left errors), SOFT (mounted read-only)."""
-        p = _props(ctx)
+        p = ctx.properties
         await service.mount(_volume(ctx), time.monotonic() + p.restore_timeout)
 
-    async def remove(self, ctx: KitContext) -> None:
+    async def remove(self, ctx: KitContext[VolumeProperties]) -> None:
         """Unmount the volume here. Idempotent. ``KitError`` (HARD) names the processes
         holding it (unless ``stop_holders``), the mounts below it, or where the filesystem
         is still alive afterwards."""
-        p = _props(ctx)
+        p = ctx.properties
         await service.unmount(_volume(ctx), time.monotonic() + p.remove_timeout)
 
-    async def force_remove(self, ctx: KitContext) -> list[str]:
-        """Escalation for the agent's fencing, when ``remove`` failed or overran: SIGKILL
-        every process holding the volume, unmount, and unmount lazily if it is still busy.
+    async def escalate(self, ctx: KitContext[VolumeProperties]) -> list[str]:
+        """The forceful stop, after a ``remove`` that overran (or failed where the agent
+        must let go): SIGKILL every process holding the volume, unmount, and unmount
+        lazily if it is still busy.
         Returns what it did (empty: nothing was mounted). ``KitError`` (HARD) when the
         filesystem is still alive on this host afterwards. Bounded by ``remove_timeout``.
 
         A lazy unmount alone is not a release: the filesystem lives on (and, for ext4,
         multi-mount protection keeps other servers out) until its last user is gone."""
-        p = _props(ctx)
+        p = ctx.properties
         return await service.force_unmount(_volume(ctx), time.monotonic() + p.remove_timeout)
 
-    async def quick_check(self, ctx: KitContext) -> Check:
+    async def quick_check(self, ctx: KitContext[VolumeProperties]) -> Check:
         """Mounted here right and readable: RUNNING (warning when nearly full); not
         mounted: STOPPED; mounted wrongly or unreadable: FAILED. Read-only."""
-        p = _props(ctx)
+        p = ctx.properties
         mounts = mt.read_mounts()
         try:
             number: int | None = mt.block_device_number(p.device)
@@ -221,11 +219,11 @@ class VolumeKit(Kit):
         detail = f"{p.device} mounted at {p.mount_point}, {used.blocks_percent:.0f}% used"
         return Check.running(detail, warning=used.over(p.full_threshold))
 
-    async def deep_check(self, ctx: KitContext) -> Check:
+    async def deep_check(self, ctx: KitContext[VolumeProperties]) -> Check:
         """The quick check; then writes ``.vigil-check`` (server, epoch, time) at the
         volume's root and reads it back (not on a read-only volume), and compares the
         filesystem's UUID with ``filesystem_uuid``. Changes nothing but that file."""
-        p = _props(ctx)
+        p = ctx.properties
         check = await self.quick_check(ctx)
         if check.status is not CheckStatus.RUNNING:
             return check
@@ -248,7 +246,7 @@ class VolumeKit(Kit):
                 return Check.failed(f"{p.device} shows {found}, not {p.filesystem_uuid}")
         return check
 
-    async def recover(self, ctx: KitContext) -> bool:
+    async def recover(self, ctx: KitContext[VolumeProperties]) -> bool:
         """Unmount, mount again (fsck per policy: a volume remounted read-only after errors
         gets checked when ``fsck`` is auto), then the quick check. False when a step
         fails; a FATAL error is raised."""
@@ -273,15 +271,5 @@ def _write_and_read(path: str, text: str) -> str:
         return back.read()
 
 
-def _props(ctx: KitContext) -> VolumeProperties:
-    if not isinstance(ctx.properties, VolumeProperties):
-        raise KitError(
-            f"volume resource {ctx.tag}: properties of type {type(ctx.properties).__name__} "
-            "given to the volume kit; parse them with VolumeKit.parse_properties",
-            Severity.FATAL,
-        )
-    return ctx.properties
-
-
-def _volume(ctx: KitContext) -> Volume:
-    return Volume(ctx.tag, ctx.server, _props(ctx), ctx.log)
+def _volume(ctx: KitContext[VolumeProperties]) -> Volume:
+    return Volume(ctx.tag, ctx.server, ctx.properties, ctx.log)
