@@ -117,6 +117,9 @@ class KitRunner:
             values = {k: v for k, v in child.properties_on(self.server).items() if k not in secret}
             children.append(Related(tag, child.kit, values))
         extra["children"] = tuple(children)
+        if resource.tag in cluster.resources:
+            owners = cluster.owner_of(cluster.hierarchy(resource.tag))
+            extra["active"] = min(owners) if owners else None
         extra["others_here"] = tuple(
             sorted(
                 tag

@@ -277,6 +277,10 @@ class KitContext(Generic[P]):
     instances: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: other resources of the same kit extended to this server (an N+1 backup has several)
     others_here: tuple[str, ...] = ()
+    #: the server that has the resource's hierarchy in service now (its owner), None when
+    #: no server has it, when the agent knows the cluster (a mirror's copy on a server is
+    #: the newest only while no other server has taken the mirror over)
+    active: str | None = None
     #: how the kit records an event in the cluster event log (None: nowhere, e.g. tests)
     notify: Notify | None = None
 
