@@ -84,7 +84,6 @@ class Attempt:
     ended: float = 0.0
     ok: bool = False
     server: str = ""  # smtp: the server its EHLO named
-    detail: str = ""
 
 
 class VipProbe:
@@ -139,8 +138,8 @@ class VipProbe:
                     timeout=self.timeout,
                 )  # fmt: skip
             attempt.ok = True
-        except Exception as exc:  # a probe: every failure is a data point
-            attempt.detail = f"{type(exc).__name__}: {exc}"[:200]
+        except Exception:  # a probe: a failure is a data point (ok stays False)
+            pass
         attempt.ended = time.monotonic()
         with self._lock:
             self.attempts.append(attempt)
@@ -232,6 +231,7 @@ class Run:
     in_service: float | None = None
     stopped: float | None = None  # the failed server's mail service gone
     two_at_once: int = 0
+    mark: str = ""  # the newest event before the fault
     mail: list[MailTraffic] = field(default_factory=list)
     delivered: list[Delivery] = field(default_factory=list)
     error: str | None = None
@@ -275,7 +275,7 @@ def run_once(
     traffic = MailTraffic(org, org.users[:5])
     probe = VipProbe(org, vip(cluster), org.users[5], org.users[6])
     run.mail = [traffic]
-    mark = cluster.mark()
+    mark = run.mark = cluster.mark()
     with Sampler(cluster) as sampler, traffic.running():
         time.sleep(1.0)
         probe.start()
@@ -334,6 +334,14 @@ def bench_scenario(scenario: str, args: argparse.Namespace) -> list[Run]:
             if sum(1 for r in runs[-2:] if r.error) >= 2:
                 say(f"{scenario}: two runs in a row failed; stopping this scenario")
                 break
+            if run.error:  # what the cluster did, then back to a known state
+                for event in cluster.events(run.mark)[:30] if run.mark else []:
+                    say(f"   event {event['server']} {event['kind']}: {event['message'][:300]}")
+                try:
+                    mailbench.back_to(cluster, "node1")
+                except AssertionError as exc:
+                    say(f"{scenario}: no way back to a steady state ({exc}); stopping")
+                    break
             with contextlib.suppress(AssertionError, KeyError):  # where it is now
                 owner = cluster.hierarchy(TAG)["active_server"] or owner
         for run in runs:  # counted again at the end: a late duplicate shows here

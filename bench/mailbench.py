@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from tests.faults.cluster import Cluster, wait_until
 from tests.mail_lab import TAG, Delivery, MailDualActive, hierarchy_tags, wait_in_service
 
+import vigil
 from vigil.lab.mail import MailOrgInfo, clients
 
 #: seconds to wait for a steady state before a run
@@ -52,8 +53,8 @@ def on_sigterm() -> None:
 
 
 def vigil_version() -> str:
-    """The commit under test, and whether src/ differs from it."""
-    repo = Path(__file__).resolve().parent.parent
+    """The commit under test, and whether src/ differs from it (of the vigil imported)."""
+    repo = Path(vigil.__file__).resolve().parent.parent.parent
     head = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -61,7 +62,7 @@ def vigil_version() -> str:
         ["git", "-C", str(repo), "status", "--porcelain", "src"], capture_output=True, text=True
     ).stdout.splitlines()
     dirty = f", {len(changed)} uncommitted change(s) under src/" if changed else ""
-    return f"vigil at commit {head or 'unknown'}{dirty}"
+    return f"vigil at commit {head or 'unknown'}{dirty} ({repo})"
 
 
 # --- faults --------------------------------------------------------------------------------
@@ -104,6 +105,13 @@ def wall(monotonic: float) -> float:
 def next_owner(owner: str) -> str:
     """Where the hierarchy goes when ``owner`` fails: node1 <-> node2 (priorities 1, 10)."""
     return "node2" if owner == "node1" else "node1"
+
+
+def back_to(cluster: Cluster, server: str) -> None:
+    """After a run that went wrong: ``mail`` switched over to ``server`` (a new intent
+    also clears the failures (OSF) a standby reported for the old one)."""
+    cluster.ok("POST", f"/v1/hierarchies/{TAG}/in-service", {"server": server})
+    wait_in_service(cluster, server, STEADY_TIMEOUT)
 
 
 def steady(cluster: Cluster, owner: str, timeout: float = STEADY_TIMEOUT) -> None:

@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             for number in range(1, args.runs + 1):
                 moves.append(failover(cluster, org, number, owner))
                 say(f"failover #{number}: {moves[-1].text()}")
-                owner = next_owner(owner)
+                if moves[-1].error:  # back to a known state
+                    mailbench.back_to(cluster, "node1")
+                owner = cluster.hierarchy(TAG)["active_server"] or next_owner(owner)
             for _ in range(args.fault_runs):
                 faults.append(kill_half_way(cluster, org, owner))
                 say(f"directory killed half-way: {faults[-1]}")
