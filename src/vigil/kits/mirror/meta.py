@@ -105,6 +105,9 @@ class MirrorMeta(_Model):
     contact_lost_at: float | None = None
     #: the targets the last source said were Mirroring (a new source waits for them)
     peers_in_sync: list[str] = Field(default_factory=list)
+    #: this disk was the source, and no other source has been seen since: while no other
+    #: server has the mirror in service, it holds the newest data
+    last_source: bool = False
     split_brain: SplitBrain | None = None
     forced: Forced | None = None
     targets: dict[str, TargetInfo] = Field(default_factory=dict)

@@ -129,6 +129,7 @@ class Source:
             log.warning("starting as the source by an operator's force (%s)", meta.forced.by)
         meta.lineage = started(meta.lineage)
         meta.role, meta.forced, meta.split_brain = "source", None, None
+        meta.last_source = True
         meta.consistent, meta.peers_in_sync = True, []
         self.meta = meta
         now = time.monotonic()

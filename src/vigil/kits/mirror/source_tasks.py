@@ -12,6 +12,7 @@ full async queue try again, and writes ``status.json``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -259,6 +260,7 @@ def status(src: Source) -> dict[str, Any]:
     return {
         "role": "source",
         "time": time.time(),
+        "pid": os.getpid(),
         "server": src.config.server,
         "tag": src.config.tag,
         "mode": src.config.mode,

@@ -246,6 +246,7 @@ class Receiver:
         with self.lock:
             assert self.meta is not None
             meta = self.meta
+            meta.last_source = False  # another source exists: it has the newest data
             self.last_seq = self.acked = 0
             self.activity.rotation_seq = 0
             if kind == "none":
@@ -377,6 +378,7 @@ class Receiver:
         return {
             "role": "target",
             "time": time.time(),
+            "pid": os.getpid(),
             "server": self.config.server,
             "tag": self.config.tag,
             "state": meta.state,
