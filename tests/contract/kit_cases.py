@@ -459,3 +459,10 @@ def _command_name(pid: int) -> str:
 
 
 CASES.append(KitCase("mail", mail_case, marks=(pytest.mark.lab,)))
+
+
+# --- mirror: a replicated volume's source, in a private mount namespace (mirror_case.py) -
+
+from mirror_case import mirror_case  # noqa: E402 (it builds on this module's helpers)
+
+CASES.append(KitCase("mirror", mirror_case, marks=(pytest.mark.lab,)))
