@@ -71,6 +71,15 @@ class SharedDiskState(BaseModel):
     devices: dict[str, str] = Field(default_factory=dict)
 
 
+class LocalDiskState(BaseModel):
+    """A server's own disk (``vigil.lab.localdisk``): its image and loop device."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    device: str
+    size_mb: int
+
+
 class MailDirectoryState(BaseModel):
     """The mail organisation's directory (slapd, ``vigil.lab.mail.directory``); its
     passwords stay in files in ``directory``."""
@@ -128,6 +137,8 @@ class LabState(BaseModel):
     store_members: dict[str, StoreMemberState] = Field(default_factory=dict)
     dns_servers: dict[str, DnsServerState] = Field(default_factory=dict)
     shared_disks: list[SharedDiskState] = Field(default_factory=list)
+    #: each server's own disk (a mirror's), by server
+    local_disks: dict[str, LocalDiskState] = Field(default_factory=dict)
     mail: MailOrgState | None = None
 
 

@@ -17,6 +17,7 @@ Typical use::
     lab.add_client("client1")            # a host outside the cluster, on the lab network
     lab.add_dns_server("client50")       # BIND in a namespace of its own (vigil.lab.dns)
     lab.add_shared_disk(64)              # one image, a loop device per server (vigil.lab.disk)
+    lab.add_local_disks(64)              # each server its own disk, a mirror's (lab.localdisk)
     mail = lab.add_mail_org(users=20)    # directory, front-end, mail configs (vigil.lab.mail)
     lab.down()                           # idempotent; also after a crash
 
@@ -42,6 +43,7 @@ from vigil.lab import (
     dns,
     etcd,
     files,
+    localdisk,
     namespaces,
     network,
     processes,
@@ -51,6 +53,7 @@ from vigil.lab.clients import ClientInfo
 from vigil.lab.disk import SharedDiskInfo
 from vigil.lab.dns import DnsServerInfo
 from vigil.lab.info import LabInfo, LabStatus, ServerInfo
+from vigil.lab.localdisk import LocalDiskInfo
 from vigil.lab.mail import MailOrgInfo
 from vigil.lab.mail import org as mail_org
 from vigil.lab.naming import (
@@ -344,6 +347,19 @@ class Lab:
     def shared_disks(self) -> list[SharedDiskInfo]:
         """The lab's shared disks, in the order they were added."""
         return [disk.info_of(record) for record in self._state().shared_disks]
+
+    def add_local_disks(self, size_mb: int = 64) -> dict[str, LocalDiskInfo]:
+        """Give every server its own blank disk (a sparse image under the root, a loop
+        device of its own in direct-I/O mode), as a mirror needs; servers that have one
+        keep it. Every server's disk, by server. ``down`` detaches and removes them. See
+        ``vigil.lab.localdisk``."""
+        _require_root()
+        return localdisk.add(self.names, self._state(), size_mb)
+
+    def local_disks(self) -> dict[str, LocalDiskInfo]:
+        """Each server's own disk, by server (``add_local_disks``)."""
+        state = self._state()
+        return {s: localdisk.info_of(s, record) for s, record in state.local_disks.items()}
 
     # -- the mail organisation ---------------------------------------------------------
     def add_mail_org(
