@@ -35,11 +35,17 @@ def force(paths: MirrorPaths, meta: MirrorMeta, by: str, reason: str) -> str:
     return f"forced eligible by {by} ({where}): the data it lacks, if any, is lost"
 
 
-def discard(paths: MirrorPaths, meta: MirrorMeta, by: str, ancestor: str, winner: str) -> str:
+def discard(
+    paths: MirrorPaths, meta: MirrorMeta, by: str, ancestor: str, winner: str, full: bool = False
+) -> str:
     """Give up what this disk holds since it diverged from ``winner``'s at generation
     ``ancestor`` (a split brain): back to that generation, with every region it wrote
-    since marked for the next resync from ``winner``."""
-    if ancestor in meta.lineage:
+    since marked for the next resync from ``winner``. With ``full`` (a copy that received
+    the other side's writes since then, which no map of its own names), everything is
+    copied again."""
+    if full:
+        meta.lineage = []
+    elif ancestor in meta.lineage:
         meta.lineage = meta.lineage[meta.lineage.index(ancestor) :]
     else:
         meta.lineage = []  # nothing in common that this disk knows of: a full resync

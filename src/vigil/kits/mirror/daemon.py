@@ -97,7 +97,7 @@ def run_target(config: DaemonConfig, paths: MirrorPaths) -> None:
     receiver.open()
     control.serve(paths.socket, receiver.command, receiver.stopping)
     threading.Thread(target=receiver.watch, name="status", daemon=True).start()
-    write_json(paths.status, receiver.status())
+    receiver.write_status()
     log.info("receiver of %s started: %s", config.tag, receiver.status()["reason"])
     try:
         receiver.run()

@@ -151,10 +151,11 @@ class Session:
     def drained(self) -> bool:
         return not self.queue
 
-    def wait_room(self, size: int) -> None:
-        """Wait until ``size`` more bytes fit in the queue (or the session ends)."""
+    def wait_room(self, size: int, share: float = 1.0) -> None:
+        """Wait until ``size`` more bytes fit in ``share`` of the queue (or the session
+        ends)."""
         with self.changed:
-            while self.queue and self.queue_bytes + size > self.queue_limit:
+            while self.queue and self.queue_bytes + size > self.queue_limit * share:
                 if self.abandoned.is_set():
                     return
                 self.changed.wait(0.5)
@@ -186,7 +187,8 @@ class Session:
             except TimeoutError:
                 continue
             except (LinkClosed, ValueError) as exc:
-                self.source.lost(self, f"the link broke: {exc}")
+                if not self.abandoned.is_set():
+                    self.source.lost(self, f"the link broke: {exc}")
                 return
             self.last_heard = time.monotonic()
             if frame.kind == Kind.ACK and frame.seq > self.acked:
@@ -223,7 +225,8 @@ class Session:
                 return
             offset = region * region_size
             length = min(region_size, size - offset)
-            self.wait_room(length)
+            # a resync fills half the queue at most: live writes keep the other half
+            self.wait_room(length, share=0.5)
             self.bucket.take(0)
             with source.order_lock:
                 data = os.pread(source.disk, length, offset)

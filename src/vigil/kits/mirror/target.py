@@ -69,6 +69,7 @@ class Receiver:
         self.received = 0
         #: set while an operator's decision is being written (no reconnection meanwhile)
         self.admin = threading.Event()
+        self._status_lock = threading.Lock()
 
     # --- start ----------------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class Receiver:
                 log.info("%s: %s", state, reason)
             self.meta.state, self.meta.reason = state, reason
             self.paths.save(self.meta)
+        self.write_status()  # the kit sees it at once
 
     # --- finding the source ---------------------------------------------------------------
 
@@ -143,7 +145,12 @@ class Receiver:
                     message = admin.force(self.paths, self.meta, by, str(request.get("reason", "")))
                 else:
                     message = admin.discard(
-                        self.paths, self.meta, by, str(request["ancestor"]), str(request["winner"])
+                        self.paths,
+                        self.meta,
+                        by,
+                        str(request["ancestor"]),
+                        str(request["winner"]),
+                        bool(request.get("full")),
                     )
                     self.remaining = RegionMap.load(self.count, self.paths.remaining)
         finally:
@@ -393,7 +400,11 @@ class Receiver:
             "forced": meta.forced.model_dump() if meta.forced else None,
         }
 
+    def write_status(self) -> None:
+        with self._status_lock:
+            write_json(self.paths.status, self.status())
+
     def watch(self) -> None:
         """Thread: eligibility's clock, and ``status.json`` twice a second."""
         while not self.stopping.wait(0.5):
-            write_json(self.paths.status, self.status())
+            self.write_status()
