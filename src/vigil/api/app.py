@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from vigil import __version__, web
 from vigil.agent.operations import Operations
-from vigil.api import mail, recovery, schemas, views
+from vigil.api import mail, mirror, recovery, schemas, views
 from vigil.api.auth import Authenticator, Who
 from vigil.api.forward import forward_to
 from vigil.api.results import OperationFailed
@@ -48,6 +48,7 @@ def create_app(
     app.state.stop_agent = stop_agent or (lambda leave_resources: None)
     app.include_router(recovery.router)
     app.include_router(mail.router)
+    app.include_router(mirror.router)
     app.include_router(web.router)
 
     @app.get("/v1/health", tags=["health"])

@@ -310,7 +310,12 @@ def agent_run(
 
 
 def _register() -> None:
-    from vigil.cli import lab_commands, mail_commands, recovery_commands  # noqa: F401  (they add commands)
+    from vigil.cli import (  # noqa: F401  (they add commands)
+        lab_commands,
+        mail_commands,
+        mirror_commands,
+        recovery_commands,
+    )
 
     app.add_typer(lab_commands.app, name="lab")
 
