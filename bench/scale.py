@@ -190,7 +190,7 @@ class Agent:
         mine = {
             tag for tag, owner in cluster.owners.items() if owner.server == self.me
         }  # in service here: the steady state
-        self.actor.running |= mine
+        self.actor.local.found_running(mine)
         watch = asyncio.create_task(self.cache.run())
         try:
             yield

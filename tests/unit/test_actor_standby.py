@@ -62,7 +62,7 @@ async def test_standby_is_reported_once_and_again_when_its_view_changes(
     await actor.report_standby(await cache.reload())
     again = await reported(store)
     assert again and again.reason == "wanted in service on n2"
-    actor.running.add("web")  # in service here now: not a standby any more
+    actor.local.found_running({"web"})  # in service here now: not a standby any more
     await store.put(key("intent", "web"), IntentRecord(server="n1").dump())
     await actor.report_standby(await cache.reload())
     assert (await reported(store)) == again  # left to the restore's own report

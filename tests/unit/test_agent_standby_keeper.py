@@ -87,7 +87,7 @@ async def test_answers_are_reported_once_per_change_and_bound_to_the_lease(
     again = await report(store, "data")
     assert again is not None and again[0].eligible and again[0].reason == "in sync"
 
-    actor.running.add("data")  # in service here: eligible is asked, standby is not
+    actor.local.found_running({"data"})  # in service here: eligible is asked, standby is not
     await keeper.round()
     assert kit.standbys == 3
 

@@ -1,8 +1,9 @@
 """The act step: carry out the engine's steps through kits, and report what happened.
 
-One ``Actor`` per agent. It keeps what only this server knows (which resources it has in
-service, which restores failed for which intent) and writes to the store only its own
-owner keys (bound to its lease), its own state records and events.
+One ``Actor`` per agent. It keeps what only this server knows in its ``LocalState``
+(``local``: which resources it has in service, which restores failed for which intent...)
+and writes to the store only its own owner keys (bound to its lease), its own state
+records and events. It carries out what the engine decided; it decides nothing itself.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from vigil.agent import intents
 from vigil.agent.kitrunner import KitRunner
+from vigil.agent.local import LocalState
 from vigil.agent.storeio import event_operation
 from vigil.engine.order import remove_waves, restore_waves
-from vigil.engine.plan import LocalView, Step, StepKind, standby_reason
-from vigil.errors import KitError, StoreError, VigilError
+from vigil.engine.plan import LocalView, Step, StepKind, escalates, standby_reason
+from vigil.errors import KitError, KitTimeout, StoreError, VigilError
 from vigil.model.cluster import Cluster, Hierarchy, Observed, Resource
 from vigil.model.records import OwnerRecord, StateRecord, key
 from vigil.model.states import InstanceState
@@ -37,28 +39,35 @@ class Actor:
         self.runner = runner
         self.server = server
         self.lease_id = lease_id
-        self.running: set[str] = set()
-        self.failed: dict[str, int] = {}
-        #: last known definition of every resource this server has in service, so it can
-        #: still be removed after it vanished from the store
-        self.known: dict[str, Resource] = {}
-        #: times of local recoveries per resource (the temporal limit counts them)
-        self.recoveries: dict[str, list[float]] = {}
-        #: resources that failed here and are being failed over: reported OSF when removed
-        self.failed_tags: dict[str, str] = {}
-        #: resources that failed here and may not fail over: OSF, no longer checked, still
-        #: removed when the hierarchy leaves, restored by the next request to bring it here
-        self.broken: set[str] = set()
-        #: set while fencing without a lease: reports and events are skipped (the store is
-        #: likely unreachable, and waiting on it would delay taking resources down)
-        self.fencing = False
+        self.local = LocalState()
         self.started_at = time.time()
         #: what report_standby last read when it found nothing to write
         self._standby_checked: tuple[tuple[object, ...], frozenset[str]] | None = None
 
+    # --- the local state as the daemon and the cycle knew it, until they use ``local``
+    # (they are being changed by others: issue 14's failsafe); nothing else uses these
+
+    @property
+    def running(self) -> frozenset[str]:
+        return self.local.running
+
+    @property
+    def known(self) -> Mapping[str, Resource]:
+        return self.local.known
+
+    @property
+    def fencing(self) -> bool:
+        return self.local.fencing
+
+    @fencing.setter
+    def fencing(self, on: bool) -> None:
+        if on:
+            self.local.begin_fencing()
+        else:
+            self.local.end_fencing()
+
     def local_view(self) -> LocalView:
-        # a broken resource is not "in service" for decisions: a new request restores it
-        return LocalView(frozenset(self.running - self.broken), dict(self.failed))
+        return self.local.view()
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -94,13 +103,13 @@ class Actor:
             )
 
     async def _restore(self, cluster: Cluster, step: Step) -> None:
-        if not await self.claim(cluster, step):
+        epoch = await self.claim(cluster, step)
+        if epoch is None:
             log.info("%s: ownership changed meanwhile; deciding again", step.hierarchy)
             return
-        epoch = await self._epochs(step.tags)
         await self.event("restore-started", step.reason, step.hierarchy)
         for wave in step.waves:
-            todo = [tag for tag in wave if tag not in self.running or tag in self.broken]
+            todo = [tag for tag in wave if self.local.needs_restore(tag)]
             results = await asyncio.gather(
                 *(
                     self._restore_one(cluster.resources[tag], epoch.get(tag, 0), step)
@@ -120,7 +129,7 @@ class Actor:
 
     async def _restore_one(self, resource: Resource, epoch: int, step: Step) -> str | None:
         tag = resource.tag
-        self.known[tag] = resource
+        self.local.restoring(resource)
         try:
             await self.runner.restore(resource, epoch)
         except (KitError, VigilError) as exc:
@@ -129,8 +138,7 @@ class Actor:
                 tag, InstanceState.OSF, f"restore failed: {exc}", step.intent_revision
             )
             return f"{tag}: {exc}"
-        self.running.add(tag)
-        self.broken.discard(tag)
+        self.local.restored(tag)
         await self.report(tag, InstanceState.ISP, "in service", step.intent_revision)
         return None
 
@@ -139,8 +147,8 @@ class Actor:
         why = f"restore of {step.hierarchy} on {self.server} failed ({'; '.join(failures)})"
         log.error("%s: taking the hierarchy back out of service here", why)
         await self.event("restore-failed", why, step.hierarchy)
-        self.failed[step.hierarchy] = step.intent_revision
-        running = [t for t in step.tags if t in self.running]
+        self.local.restore_failed(step.hierarchy, step.intent_revision)
+        running = [t for t in step.tags if t in self.local.running]
         ok = await self.remove_waves(
             cluster, remove_waves(cluster, running), step, "restore failed"
         )
@@ -152,11 +160,10 @@ class Actor:
         hierarchy = (
             cluster.hierarchy(next(iter(step.tags))) if step.tags & set(cluster.resources) else None
         )
-        reason = standby_reason(cluster, hierarchy, self.server) if hierarchy else "deleted"
-        before = step.tags & self.running
-        if not await self.remove_waves(cluster, step.waves, step, reason):
+        before = step.tags & self.local.running
+        if not await self.remove_waves(cluster, step.waves, step, step.state_reason):
             if hierarchy is not None:
-                await self._roll_back(cluster, step, hierarchy, before - self.running)
+                await self._roll_back(cluster, step, hierarchy, before - self.local.running)
             return
         await self._release(step.release)
         await self.event(
@@ -170,7 +177,7 @@ class Actor:
         stopped is restored here, and the hierarchy is wanted here again, so it is not left
         out of service everywhere while this server still owns part of it."""
         why = f"{step.hierarchy} could not be taken out of service on {self.server}"
-        epochs = await self._epochs(removed)
+        epochs = _owned_epochs(cluster, removed)
         for wave in restore_waves(cluster, removed):
             await asyncio.gather(
                 *(self._restore_one(cluster.resources[t], epochs.get(t, 0), step) for t in wave)
@@ -191,7 +198,7 @@ class Actor:
     ) -> bool:
         """Remove parents-first; on a failed remove keep ownership (no one else may start it)."""
         for wave in waves:
-            todo = [tag for tag in wave if tag in self.running]
+            todo = [tag for tag in wave if tag in self.local.running]
             results = await asyncio.gather(
                 *(self._remove_one(cluster, tag, reason, step) for tag in todo)
             )
@@ -202,39 +209,61 @@ class Actor:
         return True
 
     async def _remove_one(self, cluster: Cluster, tag: str, reason: str, step: Step) -> bool:
-        resource = cluster.resources.get(tag) or self.known.get(tag)
+        resource = cluster.resources.get(tag) or self.local.known.get(tag)
         if resource is None:
-            self.running.discard(tag)
-            self.broken.discard(tag)
+            self.local.forgotten(tag)
             return True
         try:
             await self.runner.remove(resource)
         except (KitError, VigilError) as exc:
-            log.error("remove of %s on %s failed: %s", tag, self.server, exc)
-            await self.report(tag, InstanceState.OSF, f"remove failed: {exc}", step.intent_revision)
-            return False
-        self.running.discard(tag)
-        self.broken.discard(tag)
+            if not await self._escalate(resource, exc, step):
+                await self.report(
+                    tag, InstanceState.OSF, f"remove failed: {exc}", step.intent_revision
+                )
+                return False
+        failure = self.local.removed(tag)
         if self.runner.cgroups:
             # remove must leave nothing running
             leftovers = await asyncio.to_thread(self.runner.cgroups.kill, tag)
             if leftovers:
                 log.warning("remove of %s left processes %s running: killed them", tag, leftovers)
-        failure = self.failed_tags.pop(tag, None)
         if failure:
             await self.report(tag, InstanceState.OSF, failure, step.intent_revision)
         elif tag in cluster.resources:
             await self.report(tag, InstanceState.OSU, reason, step.intent_revision)
         return True
 
+    async def _escalate(self, resource: Resource, exc: VigilError, step: Step) -> bool:
+        """After a failed remove: the kit's forceful stop, when the engine says so; True
+        when it worked (the resource is out of service). Otherwise the resource stays
+        owned here, and what the lease's fencing must do is left to it."""
+        tag = resource.tag
+        timed_out = isinstance(exc, KitTimeout)
+        log.error("remove of %s on %s failed: %s", tag, self.server, exc)
+        if not escalates(step, timed_out):
+            return False
+        how = "overran its timeout" if timed_out else "failed"
+        try:
+            done = await self.runner.escalate(resource)
+        except (KitError, VigilError) as again:
+            log.error("forceful stop of %s on %s failed too: %s", tag, self.server, again)
+            return False
+        what = "; ".join(done) or "nothing left to stop"
+        why = f"remove of {tag} on {self.server} {how} ({exc}); forced: {what}"
+        log.warning("%s", why)
+        await self.event("remove-escalated", why, step.hierarchy)
+        return True
+
     # --- store writes: ownership, states, events -----------------------------------------
 
-    async def claim(self, cluster: Cluster, step: Step) -> bool:
+    async def claim(self, cluster: Cluster, step: Step) -> dict[str, int] | None:
         """Take ownership of ``step.claim`` in one transaction, only if nobody owns them and
-        the intent is still the one decided on."""
+        the intent is still the one decided on. The fencing epoch of each of ``step.tags``
+        (None: not claimed): a claimed tag's is the claim's own revision (the one that
+        created its owner key), a tag owned here already keeps its owner key's."""
         lease = self.lease_id()
         if not lease:
-            return False
+            return None
         compares = [Compare.absent(key("owner", tag)) for tag in sorted(step.claim)]
         compares += [
             Compare(key("intent", tag), cluster.intents[tag].revision)
@@ -244,18 +273,14 @@ class Actor:
         record = OwnerRecord(server=self.server, since=time.time()).dump()
         puts = [Put(key("owner", tag), record, lease) for tag in sorted(step.claim)]
         try:
-            return (await self.store.txn(compares, puts)).succeeded
+            result = await self.store.txn(compares, puts)
         except StoreError as exc:
             log.warning("could not claim %s: %s", step.hierarchy, exc)
-            return False
-
-    async def _epochs(self, tags: Iterable[str]) -> dict[str, int]:
-        """Fencing epoch of each owned tag: the revision that created its owner key."""
-        epochs = {}
-        for tag in tags:
-            item = await self.store.get(key("owner", tag))
-            epochs[tag] = item.create_revision if item else 0
-        return epochs
+            return None
+        if not result.succeeded:
+            return None
+        epochs = _owned_epochs(cluster, step.tags - step.claim)
+        return epochs | dict.fromkeys(step.claim, result.revision)
 
     async def _release(self, tags: Iterable[str]) -> None:
         ops: list[Operation] = [Delete(key("owner", tag)) for tag in sorted(tags)]
@@ -265,7 +290,7 @@ class Actor:
     async def report(
         self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0
     ) -> None:
-        if self.fencing:
+        if self.local.fencing:
             return
         record = StateRecord(
             state=state, reason=reason, since=time.time(), intent_revision=intent_revision
@@ -276,7 +301,7 @@ class Actor:
             log.warning("could not report %s %s: %s", tag, state, exc)
 
     async def event(self, kind: str, message: str, hierarchy: str | None = None) -> None:
-        if self.fencing:
+        if self.local.fencing:
             return
         try:
             await self.store.txn(
@@ -311,7 +336,7 @@ class Actor:
             cluster.owners,
             cluster.observed,
         )
-        running = frozenset(self.running)
+        running = self.local.running
         checked, self._standby_checked = self._standby_checked, None
         if (
             checked is not None
@@ -327,7 +352,7 @@ class Actor:
                 continue
             reason = standby_reason(cluster, hierarchy, self.server)
             revision = cluster.intent_revision(hierarchy)
-            for tag in sorted(hierarchy.tags - self.running):
+            for tag in sorted(hierarchy.tags - running):
                 seen = cluster.observed.get((self.server, tag))
                 if self._failure_stands(cluster, hierarchy, seen, revision):
                     continue
@@ -344,10 +369,16 @@ class Actor:
             tag
             for tag in cluster.observed_on(self.server)
             if tag not in cluster.resources
-            or (self.server not in cluster.resources[tag].instances and tag not in self.running)
+            or (self.server not in cluster.resources[tag].instances and tag not in running)
         ]
         ops += [Delete(key("state", self.server, tag)) for tag in sorted(stale)]
         if ops:
             await self.store.txn((), ops)
         else:
             self._standby_checked = (inputs, running)
+
+
+def _owned_epochs(cluster: Cluster, tags: Iterable[str]) -> dict[str, int]:
+    """Fencing epoch of each of ``tags`` owned already: the revision that created its
+    owner key, as the view shows it (0: not owned)."""
+    return {tag: cluster.owners[tag].epoch if tag in cluster.owners else 0 for tag in tags}

@@ -3,9 +3,10 @@
 Each resource this server has in service gets one task: a quick check every
 ``quick_check_interval`` and a deep check every ``deep_check_interval`` (defaults from its
 kit). A check that overruns its timeout counts as failed. A failed (or stopped) check is
-handled in the same task, so checks of one resource never overlap its recovery:
-local recovery when allowed (engine.recovery), else the whole hierarchy fails over to the
-preferred eligible server (engine.failover). Checks never run on out-of-service
+handled in the same task, so checks of one resource never overlap its recovery: the
+engine says what to do (``engine.failure``: local recovery when allowed, else the whole
+hierarchy fails over to the preferred eligible server, or stays blocked here, or goes out
+of service), and the monitor carries it out. Checks never run on out-of-service
 instances, nor while the resource is being restored or removed.
 """
 
@@ -18,7 +19,12 @@ from collections.abc import Callable
 
 from vigil.agent import intents
 from vigil.agent.actor import Actor
-from vigil.engine import failover, recovery
+from vigil.engine.failure import (
+    FailureResponse,
+    FailureStep,
+    on_failed_check,
+    on_failed_recovery,
+)
 from vigil.errors import VigilError
 from vigil.kits.base import Action, Check, CheckStatus
 from vigil.model.cluster import Cluster
@@ -39,7 +45,7 @@ class Monitor:
 
     def sync(self) -> None:
         """Start a task for each resource in service here; stop the others."""
-        wanted = set() if self.paused else self.actor.running - self.actor.broken
+        wanted = frozenset() if self.paused else self.actor.local.checked
         for tag in list(self.tasks):
             if tag not in wanted:
                 self.tasks.pop(tag).cancel()
@@ -73,7 +79,7 @@ class Monitor:
                 next_deep = time.monotonic() + deep
             next_deep = min(next_deep, time.monotonic() + deep)
             await asyncio.sleep(quick)
-            if self.busy(tag) or tag not in self.actor.running or tag in self.actor.broken:
+            if self.busy(tag) or tag not in self.actor.local.checked:
                 continue
             action = Action.QUICK_CHECK
             if time.monotonic() >= next_deep:
@@ -104,25 +110,17 @@ class Monitor:
         what = f"{action} of {tag} on {me} says {check.status}: {check.detail or 'no detail'}"
         log.warning("%s", what)
         await self.actor.event("check-failed", what, hierarchy.name)
-        decision = recovery.after_failed_check(
-            tag,
-            me,
-            cluster.resource_policy(tag),
-            cluster.server_policy(me),
-            self.actor.recoveries.get(tag, []),
-            time.time(),
-        )
-        if decision.response is recovery.Response.RECOVER:
-            if await self._recover(tag, decision.reason):
+        local = self.actor.local
+        step = on_failed_check(cluster, tag, me, what, local.recoveries(tag), time.time())
+        if step.response is FailureResponse.RECOVER:
+            if await self._recover(tag, step.reason):
                 return
-            cause = f"local recovery of {tag} failed"
-        else:
-            cause = decision.reason
-        await self._fail_over(cluster, tag, f"{what}; {cause}")
+            step = on_failed_recovery(cluster, tag, me, what)
+        await self._move(cluster, step)
 
     async def _recover(self, tag: str, why: str) -> bool:
         resource = self.cluster().resources[tag]
-        self.actor.recoveries.setdefault(tag, []).append(time.time())
+        self.actor.local.recovering(tag, time.time())
         await self.actor.report(tag, InstanceState.ISP, f"recovering ({why})")
         await self.actor.event(
             "recovery-started", f"recovering {tag} on {self.actor.server}: {why}"
@@ -141,43 +139,24 @@ class Monitor:
             )
         return ok
 
-    async def _fail_over(self, cluster: Cluster, tag: str, cause: str) -> None:
-        me = self.actor.server
-        hierarchy = cluster.hierarchy(tag)
-        blocked = failover.resource_failover_blocked(cluster, hierarchy, tag, me)
-        if blocked:
-            self.actor.broken.add(tag)
-            self.actor.failed[hierarchy.name] = cluster.intent_revision(hierarchy)
-            await self.actor.report(tag, InstanceState.OSF, f"{cause}; not failed over: {blocked}")
-            await self.actor.event(
-                "failover-blocked", f"{hierarchy.name} stays on {me}: {blocked}", hierarchy.name
-            )
+    async def _move(self, cluster: Cluster, step: FailureStep) -> None:
+        """Carry out a failover, a removal from service, or a blocked failover."""
+        local, tag = self.actor.local, step.tag
+        if step.response is FailureResponse.BLOCKED:
+            local.broke(tag, step.hierarchy, step.intent_revision)
+            await self.actor.report(tag, InstanceState.OSF, step.state_reason)
+            await self.actor.event("failover-blocked", step.reason, step.hierarchy)
             return
-        self.actor.failed_tags[tag] = cause
-        target = failover.choose_target(cluster, hierarchy, (me,))
-        if target.server is None:
-            reason = f"{hierarchy.name} taken out of service on {me}: {cause}; {target.reason}"
-            await intents.move(
-                self.actor.store,
-                cluster,
-                hierarchy,
-                None,
-                me=me,
-                reason=reason,
-                kind="failover-impossible",
-            )
-            return
-        reason = (
-            f"failing {hierarchy.name} over from {me} to {target.server}: {cause}; {target.reason}"
-        )
+        local.failing_over(tag, step.state_reason)
+        moving = step.response is FailureResponse.FAIL_OVER
         await intents.move(
             self.actor.store,
             cluster,
-            hierarchy,
-            target.server,
-            me=me,
-            reason=reason,
-            kind="failover-started",
-            origin=me,
-            tried=(me,),
+            cluster.hierarchy(tag),
+            step.target,
+            me=self.actor.server,
+            reason=step.reason,
+            kind="failover-started" if moving else "failover-impossible",
+            origin=step.origin,
+            tried=step.tried,
         )

@@ -17,35 +17,27 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from vigil.agent.cache import ClusterCache
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.storeio import apply_change, event_operation
-from vigil.engine import changes
+from vigil.agent.waiting import Outcome, Waiting
+from vigil.engine import changes, deletion
 from vigil.engine.changes import Change
 from vigil.engine.children import ChildRequest, add_children
-from vigil.errors import Conflict, KitError, ValidationError
+from vigil.errors import KitError, ValidationError
 from vigil.kits.base import Action, Kit, KitProperties
-from vigil.model.cluster import Cluster, Hierarchy, Resource
-from vigil.model.states import InstanceState
+from vigil.model.cluster import Cluster, Resource
 from vigil.store.base import Store
 
 log = logging.getLogger("vigil.agent.operations")
 
-
-@dataclass(frozen=True)
-class Outcome:
-    """What an operation did, and where things stand after it."""
-
-    summary: str
-    ok: bool = True
-    detail: str = ""
-    revision: int = 0
+__all__ = ["Operations", "Outcome"]
 
 
-class Operations:
+class Operations(Waiting):
     def __init__(
         self, store: Store, runner: KitRunner, server: str, cache: ClusterCache | None = None
     ) -> None:
@@ -341,30 +333,29 @@ class Operations:
         unless ``force``, while in service on a backup when one of its kits warns against
         that (the mail kit: its users are homed on the backup)."""
         cluster = await self.cluster()
-        doomed = changes.deletion_set(cluster, tag)
         if not force:
-            self._refuse_delete_on_backup(cluster, tag, doomed)
-        if any(
-            t in cluster.owners or (cluster.intents.get(t) and cluster.intents[t].server)
-            for t in doomed
-        ):
-            crossing = frozenset(
-                d for d in cluster.dependencies if (d.parent in doomed) != (d.child in doomed)
-            )
-            detach = Change(
-                deleted_dependencies=crossing,
-                intents=dict.fromkeys(doomed),
-                intent_reason=f"being deleted by {user}",
-                summary=f"{tag}: out of service before deletion",
-            )
+            deletion.refuse_on_backup(cluster, tag, self._delete_warnings())
+        detach = deletion.detach(cluster, tag, user)
+        if detach is not None:
             revision = await self._commit(cluster, detach, user)
-            outcome = await self.wait_released(frozenset(doomed), revision, timeout, detach.summary)
+            doomed = frozenset(detach.intents)
+            outcome = await self.wait_released(doomed, revision, timeout, detach.summary)
             if not outcome.ok:
                 return Outcome(f"{tag} was not deleted", False, outcome.detail)
             cluster = await self.cluster()
         change = changes.delete_hierarchy(cluster, tag)
         revision = await self._commit(cluster, change, user)
         return Outcome(change.summary, revision=revision)
+
+    def _delete_warnings(self) -> dict[str, str]:
+        """Each installed kit's warning against deleting a hierarchy that is in service
+        on a backup (``Kit.delete_on_backup``)."""
+        kits = self.runner.kits
+        return {
+            name: warning
+            for name in kits.names()
+            if (warning := kits.get(name).delete_on_backup) is not None
+        }
 
     def _sealed(self, change: Change) -> Change:
         """``change`` with every secret property sealed (encrypted at rest)."""
@@ -384,117 +375,6 @@ class Operations:
             )
         return replace(change, resources=resources)
 
-    def _refuse_delete_on_backup(self, cluster: Cluster, tag: str, doomed: set[str]) -> None:
-        hierarchy = cluster.hierarchy(tag)
-        active = cluster.intended_server(hierarchy)
-        root = cluster.resources[hierarchy.name]
-        if active is None or root.servers_by_priority[0] == active:
-            return
-        for member in sorted(doomed):
-            kit_name = cluster.resources[member].kit
-            if kit_name not in self.runner.kits.names():
-                continue
-            warning = self.runner.kit(kit_name).delete_on_backup
-            if warning:
-                primary = root.servers_by_priority[0]
-                raise Conflict(
-                    f"{hierarchy.name} is in service on {active}, a backup (its primary is "
-                    f"{primary}): {warning.replace('TAG', hierarchy.name)}",
-                )
-
-    # --- waiting for the agents ---------------------------------------------------------------
-
-    async def wait_in_service(
-        self, tag: str, server: str, revision: int, timeout: float, summary: str
-    ) -> Outcome:
-        """Wait, on the cache's watch, until the hierarchy of ``tag`` is in service on
-        ``server`` after the change written at ``revision`` (or failed, moved, timed out)."""
-        deadline = time.monotonic() + timeout
-        cluster = await self._view_after(revision, deadline)
-        while True:
-            if tag not in cluster.resources:
-                return Outcome(summary, False, f"{tag} was deleted meanwhile")
-            hierarchy = cluster.hierarchy(tag)
-            states = {t: cluster.state_of(server, t) for t in hierarchy.tags}
-            failed = [
-                s
-                for s in states.values()
-                if s.state is InstanceState.OSF and s.intent_revision >= revision
-            ]
-            if failed:
-                detail = "; ".join(f"{s.tag}: {s.reason}" for s in failed)
-                return Outcome(
-                    summary,
-                    False,
-                    f"{hierarchy.name} could not be brought in service on {server}: {detail}",
-                )
-            intent = cluster.intent(hierarchy)
-            if intent and intent.revision > revision and intent.server != server:
-                detail = f"{hierarchy.name} is now wanted on {intent.server}: {intent.reason}"
-                return Outcome(summary, False, detail)
-            if all(s.state.in_service for s in states.values()) and _owned_by(
-                cluster, hierarchy, server
-            ):
-                return Outcome(
-                    summary, True, f"{hierarchy.name} is in service on {server}", revision
-                )
-            if time.monotonic() > deadline:
-                pending = ", ".join(
-                    f"{t} {s.state} ({s.reason})" for t, s in sorted(states.items())
-                )
-                return Outcome(
-                    summary, False, f"not in service on {server} after {timeout:g}s: {pending}"
-                )
-            cluster = await self._next_view(cluster, deadline)
-
-    async def wait_released(
-        self, tags: frozenset[str], revision: int, timeout: float, summary: str
-    ) -> Outcome:
-        """Wait, on the cache's watch, until no server owns any of ``tags`` after the change
-        written at ``revision`` (or they are wanted somewhere again, or time runs out)."""
-        deadline = time.monotonic() + timeout
-        cluster = await self._view_after(revision, deadline)
-        while True:
-            owned = sorted(t for t in tags if t in cluster.owners)
-            if not owned:
-                return Outcome(summary, True, "out of service on every server", revision)
-            moved = [
-                cluster.intents[t]
-                for t in owned
-                if t in cluster.intents
-                and cluster.intents[t].revision > revision
-                and cluster.intents[t].server
-            ]
-            if moved:  # e.g. a remove failed and the owner took the hierarchy back
-                return Outcome(
-                    summary, False, f"wanted on {moved[0].server} again: {moved[0].reason}"
-                )
-            if time.monotonic() > deadline:
-                where = ", ".join(f"{t} on {cluster.owners[t].server}" for t in owned)
-                return Outcome(summary, False, f"still in service after {timeout:g}s: {where}")
-            cluster = await self._next_view(cluster, deadline)
-
-    # --- waiting on the cache's watch ---------------------------------------------------------
-
-    async def _view_after(self, revision: int, deadline: float) -> Cluster:
-        """The cached view once it holds the change written at ``revision`` (or the newest
-        one at ``deadline``, on ``time.monotonic``)."""
-        self._watching()
-        if self.cache.revision < revision:
-            await self.cache.changed(revision - 1, max(0.0, deadline - time.monotonic()))
-        return self.cache.cluster
-
-    async def _next_view(self, cluster: Cluster, deadline: float) -> Cluster:
-        """The next cached view after ``cluster`` (or the same one at ``deadline``)."""
-        await self.cache.changed(cluster.revision, max(0.0, deadline - time.monotonic()))
-        return self.cache.cluster
-
-    def _watching(self) -> None:
-        """Start the watch of a cache of this object's own (an agent's cache is fed by the
-        agent): until cancelled, it lives as long as the event loop."""
-        if self._own_cache and self._own_watch is None:
-            self._own_watch = asyncio.create_task(self.cache.run(), name="operations watch")
-
 
 #: how long a change waits to show in the agent's cached view (its watch's delay: a poll
 #: interval, a round trip) before the operation answers all the same
@@ -504,10 +384,6 @@ _VISIBLE = 2.0
 @contextlib.contextmanager
 def _no_hold(tags: frozenset[str]) -> Iterator[None]:
     yield
-
-
-def _owned_by(cluster: Cluster, hierarchy: Hierarchy, server: str) -> bool:
-    return all(t in cluster.owners and cluster.owners[t].server == server for t in hierarchy.tags)
 
 
 def _with_server_properties(resource: Resource, server: str, values: Mapping[str, Any]) -> Resource:

@@ -1,10 +1,9 @@
 """Probing at start: what is really running on this server, reconciled with the store.
 
 An agent that starts (after a crash, a reboot or maintenance) may find resources still in
-service that it did not start in this life. Each resource extended here is checked once:
-one that runs and is wanted here, with nobody else owning it, is adopted (claimed, and
-monitored from now on); one that runs but is wanted elsewhere, or owned by another server,
-is removed at once, so a hierarchy is never left active in two places.
+service that it did not start in this life. Each resource extended here is checked once;
+the engine says, per hierarchy found running, whether it is adopted (claimed, and
+monitored from now on) or removed at once (``engine.start``), and this module does it.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ from __future__ import annotations
 import logging
 
 from vigil.agent.actor import Actor
-from vigil.engine.order import remove_waves
-from vigil.engine.plan import Step, StepKind
+from vigil.engine.plan import StepKind
+from vigil.engine.start import after_probe
 from vigil.errors import VigilError
 from vigil.kits.base import CheckStatus
-from vigil.model.cluster import Cluster
+from vigil.model.cluster import Cluster, Hierarchy
 from vigil.model.states import InstanceState
 
 log = logging.getLogger("vigil.agent")
@@ -28,44 +27,32 @@ async def probe(actor: Actor, cluster: Cluster) -> None:
     for hierarchy in cluster.hierarchies:
         if me not in cluster.hierarchy_servers(hierarchy):
             continue
-        found = []
-        for tag in sorted(hierarchy.tags):
-            try:
-                check = await actor.runner.check(cluster.resources[tag])
-            except VigilError as exc:
-                log.warning("probe of %s on %s failed: %s", tag, me, exc)
-                continue
-            if check.status is not CheckStatus.STOPPED:
-                found.append(tag)
+        found = await _running(actor, cluster, hierarchy)
         if not found:
             continue
-        others = cluster.owner_of(hierarchy) - {me}
-        wanted = cluster.intended_server(hierarchy)
-        step = Step(
-            StepKind.RESTORE,
-            hierarchy.name,
-            hierarchy.tags,
-            f"probe: {', '.join(found)} found running on {me}",
-            claim=frozenset(hierarchy.tags),
-            intent_revision=cluster.intent_revision(hierarchy),
-        )
-        if wanted == me and not others and await actor.claim(cluster, step):
-            actor.running.update(found)
-            for tag in found:
-                actor.known[tag] = cluster.resources[tag]
-                await actor.report(tag, InstanceState.ISP, "in service (found running at start)")
-            await actor.event(
-                "probe-adopted", f"{step.reason}: wanted here, adopted", hierarchy.name
-            )
+        step = after_probe(cluster, me, hierarchy, found)
+        if step.kind is StepKind.ADOPT:
+            if await actor.claim(cluster, step) is not None:
+                actor.local.adopted(cluster.resources[tag] for tag in found)
+                for tag in found:
+                    await actor.report(tag, InstanceState.ISP, step.state_reason)
+                await actor.event("probe-adopted", step.reason, hierarchy.name)
+                continue
+            step = after_probe(cluster, me, hierarchy, found, refused=True)
+        await actor.event("probe-removed", step.reason, hierarchy.name)
+        actor.local.found_running(found)
+        await actor.remove_waves(cluster, step.waves, step, step.state_reason)
+
+
+async def _running(actor: Actor, cluster: Cluster, hierarchy: Hierarchy) -> list[str]:
+    """The resources of ``hierarchy`` whose check here does not say stopped."""
+    found = []
+    for tag in sorted(hierarchy.tags):
+        try:
+            check = await actor.runner.check(cluster.resources[tag])
+        except VigilError as exc:
+            log.warning("probe of %s on %s failed: %s", tag, actor.server, exc)
             continue
-        where = (
-            f"owned by {', '.join(sorted(others))}"
-            if others
-            else f"wanted on {wanted or 'no server'}"
-        )
-        await actor.event(
-            "probe-removed", f"{step.reason} but {where}: removing it here", hierarchy.name
-        )
-        actor.running.update(found)
-        waves = remove_waves(cluster, found)
-        await actor.remove_waves(cluster, waves, step, f"removed at start: {where}")
+        if check.status is not CheckStatus.STOPPED:
+            found.append(tag)
+    return found

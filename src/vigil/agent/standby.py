@@ -88,7 +88,7 @@ class StandbyKeeper:
         for tag in set(self._written) - set(here):
             del self._written[tag]
         for tag, resource in sorted(here.items()):
-            if self.busy(tag) or self.actor.fencing:
+            if self.busy(tag) or self.actor.local.fencing:
                 continue
             answer = await self._evaluate(resource)
             if answer is None or not lease:
@@ -115,7 +115,7 @@ class StandbyKeeper:
         runner, tag = self.actor.runner, resource.tag
         try:
             kit, ctx = runner.resource_context(resource)
-            if tag not in self.actor.running:
+            if tag not in self.actor.local.running:
                 await runner.run(Action.STANDBY, kit, ctx, kit.standby)
             answer = await runner.run(Action.ELIGIBLE, kit, ctx, kit.eligible)
         except VigilError as exc:  # KitTimeout included

@@ -6,9 +6,11 @@ data, so there is one definition of each.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from vigil.model.policies import ConfirmDefault, ShutdownStrategy, Switchback
 
 
 class Body(BaseModel):
@@ -78,6 +80,78 @@ class OutOfService(Body):
 
 class ConfirmFailover(Body):
     proceed: bool = Field(description="true: let the failover proceed; false: block it")
+
+
+#: a duration in seconds, > 0 (an int is taken as seconds too)
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+#: a whole number >= 0
+Count = Annotated[int, Field(ge=0, strict=True)]
+
+
+class ServerPolicyUpdate(Body):
+    """A server's policies to change (``vigil server policy``); null resets one to its
+    default, and those not given are kept."""
+
+    local_recovery: StrictBool | None = Field(None, description="recover failed resources here")
+    failover: StrictBool | None = Field(
+        None, description="fail hierarchies over away from this server automatically"
+    )
+    confirm_failover: StrictBool | None = Field(
+        None, description="ask an operator before this server takes a hierarchy over"
+    )
+    confirm_timeout: Seconds | None = Field(
+        None, description="seconds an operator has to answer (default 600)"
+    )
+    confirm_default: ConfirmDefault | None = Field(
+        None, description="what happens when nobody answers in time (default proceed)"
+    )
+    block_resource_failover: StrictBool | None = Field(
+        None, description="failures of resources here do not fail over (its death still does)"
+    )
+    shutdown_strategy: ShutdownStrategy | None = Field(
+        None, description="hold (out of service) or switchover (moved) at an orderly stop"
+    )
+
+
+class ServerPolicyView(BaseModel):
+    """A server's policies, every one with its value."""
+
+    local_recovery: bool
+    failover: bool
+    confirm_failover: bool
+    confirm_timeout: float
+    confirm_default: ConfirmDefault
+    block_resource_failover: bool
+    shutdown_strategy: ShutdownStrategy
+
+
+class ResourcePolicyUpdate(Body):
+    """A resource's policies to change (``vigil policy``), and on a hierarchy's root the
+    hierarchy's; null resets one to its default, and those not given are kept."""
+
+    local_recovery: StrictBool | None = Field(None, description="recover it here when it fails")
+    failover: StrictBool | None = Field(None, description="its failure may fail the hierarchy over")
+    recovery_limit: Count | None = Field(
+        None, description="local recoveries allowed within recovery_period (default 3)"
+    )
+    recovery_period: Seconds | None = Field(
+        None, description="seconds the temporal limit counts recoveries over (default 300)"
+    )
+    quick_check_interval: Seconds | None = Field(
+        None, description="seconds between quick checks (default: the kit's)"
+    )
+    deep_check_interval: Seconds | None = Field(
+        None, description="seconds between deep checks (default: the kit's)"
+    )
+    switchback: Switchback | None = Field(
+        None, description="hierarchy: intelligent (stays) or automatic (returns when back)"
+    )
+    automatic_failover: StrictBool | None = Field(
+        None, description="hierarchy: fail it over automatically"
+    )
+    n_plus_one: StrictBool | None = Field(
+        None, description="hierarchy: its backups are shared standbys (N+1)"
+    )
 
 
 class StopAgent(Body):

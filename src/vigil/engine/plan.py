@@ -25,6 +25,7 @@ from vigil.model.policies import ConfirmDefault
 class StepKind(StrEnum):
     RESTORE = "restore"  # claim ownership, then restore children-first
     REMOVE = "remove"  # remove parents-first, then release ownership
+    ADOPT = "adopt"  # at start: claim ownership of what was found running, keep it running
     TAKEOVER = "takeover"  # want the hierarchy here: its server died (a failover)
     SWITCHBACK = "switchback"  # want the hierarchy back here, its preferred server
     CONFIRM = "confirm"  # ask an operator before taking over (confirm failover)
@@ -64,6 +65,12 @@ class Step:
     tried: tuple[str, ...] = ()
     #: for BLOCKED: the server that records it in the event log (None: the first alive one)
     announcer: str | None = None
+    #: for REMOVE: what the removed instances report (OSU); for ADOPT: what the adopted
+    #: ones report (ISP)
+    state_reason: str = ""
+    #: for REMOVE: the resources must go whatever it takes (fencing, an orderly stop, a
+    #: copy found running at start): a remove that fails is escalated (see ``escalates``)
+    forced: bool = False
 
 
 def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> list[Step]:
@@ -92,9 +99,19 @@ def decide(cluster: Cluster, me: str, local: LocalView, now: float = 0.0) -> lis
                 "resources deleted from the cluster are still in service here",
                 waves=(tuple(sorted(orphans)),),
                 release=frozenset(orphans),
+                state_reason="deleted",
             )
         )
     return steps
+
+
+def escalates(step: Step, timed_out: bool) -> bool:
+    """Whether a failed remove in ``step`` is escalated through its kit (the forceful stop:
+    kill, force unmount, delete the address). Always when the remove overran its timeout
+    (the kit hangs, and only force ends it); when it failed otherwise, only for a
+    ``forced`` removal. A hierarchy moving on request stays owned here instead, and the
+    failure (a process holding a volume) is reported for an operator to act on."""
+    return timed_out or step.forced
 
 
 def _decide_hierarchy(
@@ -135,7 +152,16 @@ def _decide_hierarchy(
         if wanted == me:
             where = f"{me} no longer has every resource of {name} extended here"
         why = f"removing {name} from {me}: {where}"
-        return Step(StepKind.REMOVE, name, tags, why, waves, release=mine, intent_revision=revision)
+        return Step(
+            StepKind.REMOVE,
+            name,
+            tags,
+            why,
+            waves,
+            release=mine,
+            intent_revision=revision,
+            state_reason=standby_reason(cluster, hierarchy, me),
+        )
     return None
 
 
