@@ -20,13 +20,14 @@ every server reaches: see ``unsupported``).
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlab import PORT, SERVICE_MODULE, BenchLab
+from benchlab import PORT, SERVICE_LAUNCH, BenchLab
 
 from vigil.agent.config import LeaseSettings, load_config
 from vigil.lab import files
@@ -63,7 +64,7 @@ def describe(settings: LeaseSettings | None) -> str:
 
 def service_commands(port: int) -> dict[str, str]:
     """The app kit's commands for the sample service (as the integration tests')."""
-    service = f"{sys.executable} -m {SERVICE_MODULE}"
+    service = f"{sys.executable} -c {shlex.quote(SERVICE_LAUNCH)}"  # see benchlab
     pidfile = f"--pidfile $VIGIL_STATE_DIR/service-{port}.pid"
     return {
         "restore": f"{service} start {pidfile} --bind 0.0.0.0 --port {port} --name $VIGIL_SERVER",

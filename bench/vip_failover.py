@@ -5,9 +5,9 @@ Usage (as root, from the repository, with its virtualenv)::
     .venv/bin/python bench/vip_failover.py [--runs 10 | --quick] [--scenarios sigkill,linkcut]
         [--tools vigil,keepalived,pacemaker] [--json FILE] [--logs DIR] [--cleanup]
 
-One lab (``vbvip``, 10.213.70.0/24 by default; lab names start with ``vb``, subnet
-indexes 70..79) with two servers and a client namespace on its bridge. For each tool and
-setting, each run:
+One lab (``vbvip``, 10.213.90.0/24 by default; lab names start with ``vb``, subnet
+indexes 70..79 or 90..99; the etcd lab takes the next index) with two servers and a
+client namespace on its bridge. For each tool and setting, each run:
 
 1. waits for a steady state: the tool ready on both servers, the virtual address
    (``.100``) and the sample service on exactly one server (the *active*), and the client
@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--name", default="vbvip", help="lab name (starts with vb)")
-    parser.add_argument("--subnet", type=int, default=70, help="subnet index, 70..79")
+    parser.add_argument("--subnet", type=int, default=90, help="subnet index, 70..79 or 90..99")
     parser.add_argument("--settle", type=float, default=2.0, help="steady seconds before a fault")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds of answers = recovered")
     parser.add_argument("--advert-ints", default="1,0.1,0.01", help="keepalived advert_int")
@@ -180,8 +180,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.name.startswith("vb"):
         parser.error("the lab name must start with 'vb'")
-    if not 70 <= args.subnet <= 79:
-        parser.error("the subnet index must be 70..79")
+    if not (70 <= args.subnet <= 79 or 90 <= args.subnet <= 99):
+        parser.error("the subnet index must be 70..79 or 90..99")
     if args.quick:
         args.runs = 3
     return args
@@ -211,7 +211,7 @@ def bench_vigil(bench: BenchLab, args: argparse.Namespace, scenarios: list[str])
         say("== vigil on etcd: Lab.up has no store option yet; link cuts not measured")
         return rows
     name = f"{args.name}e"
-    subnet = args.subnet + 1 if args.subnet < 79 else args.subnet - 1
+    subnet = args.subnet + 1 if args.subnet % 10 < 9 else args.subnet - 1
     etcd_bench = None
     try:
         say(f"building lab {name} (subnet index {subnet}) on an etcd store")

@@ -41,7 +41,7 @@ async def test_each_renewal_advances_the_heartbeat_under_the_lease(store: Store)
     keeper = await granted(store)
     first = await store.get(ALIVE)
     assert first is not None and first.lease == keeper.lease_id
-    assert AliveRecord.model_validate_json(first.value).ttl == 1.5
+    assert AliveRecord.model_validate_json(first.value).ttl == LeaseSettings().ttl
     assert await keeper._renew_once() is None
     second = await store.get(ALIVE)
     assert second is not None and second.mod_revision > first.mod_revision

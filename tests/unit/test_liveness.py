@@ -72,3 +72,51 @@ def test_sync_takes_a_full_read_and_forgets_who_is_not_alive() -> None:
     beats.sync(cluster)
     clock.now += 2.0
     assert beats.silent() == {"node3": (30, 2.0)}
+
+
+def test_a_member_times_the_ttl_and_anyone_else_ttl_plus_failsafe() -> None:
+    beats, clock = tracker()
+    beats.saw("node2", 10, 0.75, 10.0, ("node1", "node3"))  # node1 would be asked
+    beats.saw("node3", 11, 0.75, 10.0, ("node2",))  # node1 would not: it joined since
+    beats.saw("node4", 12, 0.75, 0.0, ())  # no failsafe: the ttl for everybody
+    clock.now += 0.75
+    assert set(beats.silent()) == {"node2", "node4"}
+    clock.now += 10.0
+    assert set(beats.silent()) == {"node2", "node3", "node4"}
+
+
+def test_a_confirmed_failsafe_restarts_the_askers_clock() -> None:
+    beats, clock = tracker()
+    beats.saw("node2", 10, 0.75, 10.0, ("node1",))
+    clock.now += 0.5
+    beats.heard("node2")  # node1 told node2 it cannot reach the store either
+    clock.now += 0.5
+    assert beats.silent() == {}
+    due = beats.next_due()
+    assert due is not None and abs(due - 0.25) < 1e-9
+    clock.now += 0.25
+    assert beats.silent() == {"node2": (10, 0.75)}
+    beats.heard("node3")  # not known: nothing to restart (first sight times it anew)
+    assert "node3" not in beats.silent()
+
+
+def test_hearing_never_turns_a_clock_back() -> None:
+    beats, clock = tracker()
+    clock.now = 50.0
+    beats.saw("node2", 10, 0.75, 10.0, ("node1",))
+    clock.now = 40.0  # a clock that went back (a fake one): since stays
+    beats.heard("node2")
+    clock.now = 50.75
+    assert beats.silent() == {"node2": (10, 0.75)}
+
+
+def test_sync_takes_the_failsafe_and_members_of_a_full_read() -> None:
+    beats, clock = tracker()
+    server = Server(
+        "node2", "http://x", alive=True, heartbeat=30, ttl=0.75, failsafe=10.0, members=("node3",)
+    )
+    beats.sync(Cluster(servers={"node2": server}))
+    clock.now += 0.75
+    assert beats.silent() == {}  # node1 is not a member: ttl + failsafe
+    clock.now += 10.0
+    assert beats.silent() == {"node2": (30, 10.75)}

@@ -14,10 +14,12 @@ Example::
     # advertise_url = "http://10.0.0.1:7480"  # how other agents and the CLI reach this one
 
     [lease]
-    ttl = 1.5                 # seconds without renewal after which this server is dead
-    renew_interval = 0.25     # how often the lease is renewed
-    request_timeout = 0.25    # one renewal may take this long
-    safety_margin = 0.5       # stop this long before the lease can expire elsewhere
+    ttl = 0.8                 # seconds without renewal after which this server is dead
+    renew_interval = 0.15     # how often the lease is renewed
+    request_timeout = 0.15    # one renewal may take this long
+    safety_margin = 0.35      # stop this long before the lease can expire elsewhere
+    failsafe = true           # ride through a store outage every agent sees (below)
+    failsafe_limit = 10.0     # ... for at most this long after the last renewal
 
     [web]                     # the web UI at /ui/ (vigil.web): people log in through PAM
     pam_service = "vigil"     # /etc/pam.d/vigil, else PAM's "other" (Debian: common-auth)
@@ -31,8 +33,16 @@ time to take its hierarchies out of service before anyone else may take them ove
 ``renew_interval + 2 * request_timeout + safety_margin <= ttl``. The holder counts from
 when it sent its last successful renewal; at ``ttl - safety_margin`` after it, the agent and
 its fence guard stop everything (the margin covers the guard's polling and its kills).
-With these defaults a dead server is acted on about 1.5 s after its last renewal, on any
+With these defaults a dead server is acted on about 0.8 s after its last renewal, on any
 store: other agents time its heartbeat with their own clocks (``vigil.agent.liveness``).
+
+Failsafe (``vigil.agent.failsafe``): when the store is unreachable for every agent (a leader
+election, a store restart), an agent that reaches every other agent over comm paths and
+hears from each that it cannot reach the store either holds its lease on, for at most
+``failsafe_limit`` seconds after its last successful renewal; any doubt fences as without
+it. That is what lets ``ttl`` be shorter than a store election. The store's own lease (the
+backstop) is then asked for ``ttl + safety_margin + failsafe_limit``, and an agent that was
+not among those a server would ask waits ``ttl + failsafe_limit`` before judging it dead.
 """
 
 from __future__ import annotations
@@ -63,10 +73,19 @@ class ApiSettings(BaseModel):
 
 class LeaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl: float = Field(1.5, gt=0)
-    renew_interval: float = Field(0.25, gt=0)
-    request_timeout: float = Field(0.25, gt=0)
-    safety_margin: float = Field(0.5, ge=0.1)
+    ttl: float = Field(0.8, gt=0)
+    renew_interval: float = Field(0.15, gt=0)
+    request_timeout: float = Field(0.15, gt=0)
+    safety_margin: float = Field(0.35, ge=0.1)
+    #: hold the lease through a store outage that every agent confirms (``agent.failsafe``)
+    failsafe: bool = True
+    #: the longest a failsafe may hold the lease past the last successful renewal
+    failsafe_limit: float = Field(10.0, ge=0)
+
+    @property
+    def failsafe_hold(self) -> float:
+        """How long past the last renewal a failsafe may hold the lease (0: no failsafe)."""
+        return self.failsafe_limit if self.failsafe else 0.0
 
     @model_validator(mode="after")
     def _timing_rule(self) -> LeaseSettings:

@@ -109,10 +109,12 @@ class Cycle:
             self.heartbeats.gone(server)
             return True
         try:
-            ttl = AliveRecord.model_validate_json(event.value).ttl
+            beat = AliveRecord.model_validate_json(event.value)
         except ValueError:
             return True
-        return self.heartbeats.saw(server, event.mod_revision, ttl)
+        return self.heartbeats.saw(
+            server, event.mod_revision, beat.ttl, beat.failsafe, beat.members
+        )
 
     async def loop(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from vigil.agent.actor import Actor
 from vigil.agent.cache import ClusterCache
 from vigil.agent.config import AgentConfig
 from vigil.agent.cycle import Cycle
+from vigil.agent.failsafe import Failsafe
 from vigil.agent.fencing import Cgroups, FencePlan, ensure_guard
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.lease import LeaseKeeper
@@ -65,6 +66,7 @@ class Agent:
         self.store: Store | None = None
         self.lease_store: Store | None = None
         self.lease: LeaseKeeper | None = None
+        self.failsafe: Failsafe | None = None
         self.actor: Actor | None = None
         self.cache: ClusterCache | None = None
         self.cycle: Cycle | None = None
@@ -90,8 +92,15 @@ class Agent:
         self.store = await self._open_store(STORE_TIMEOUT)
         # a connection of its own, so a slow request never delays a renewal
         self.lease_store = await self._open_store(settings.request_timeout)
+        # failsafe: hold the lease through a store outage every agent confirms
+        self.failsafe = Failsafe.for_agent(self.config, lambda: self.cluster)
         self.lease = LeaseKeeper(
-            self.lease_store, settings, self.server, self._lease_lost, self._write_plan
+            self.lease_store,
+            settings,
+            self.server,
+            self._lease_lost,
+            self._write_plan,
+            failsafe=self.failsafe,
         )
         await self.lease.check_timing()  # ConfigError when the lease timing is unsafe
         runner = KitRunner(
@@ -111,6 +120,12 @@ class Agent:
         runner.notify = self.actor.event
         paths = PathMonitor(self.store, self.server, self.config.api.port)
         ensure_guard(self.config.state_dir)
+        if self.failsafe is not None:
+            where = self.config.api
+            heard = self.cycle.heartbeats.heard  # a confirmation given counts as a heartbeat
+            await self.failsafe.listen(
+                where.listen, where.port, self.lease.store_unreachable, heard
+            )
         await self._join()
         # renewals start before the probe: a slow probe must not cost the lease
         tasks = [asyncio.create_task(self.lease.run(), name="lease")]
@@ -213,6 +228,8 @@ class Agent:
             await asyncio.to_thread(self.cgroups.remove_all)
         if self.lease:
             await self.lease.revoke()
+        if self.failsafe is not None:
+            self.failsafe.close()
         for store in (self.store, self.lease_store):
             if store:
                 await store.close()
@@ -311,7 +328,8 @@ class Agent:
         template = self._fence_template()
         # the agent stops trusting its lease at trusted_until and removes gracefully; the
         # guard escalates (kills) half a safety margin later, still before the lease expires
-        deadline = self.lease.trusted_until + self.config.lease.safety_margin / 2
+        half = self.config.lease.safety_margin / 2
+        deadline, renewed = self.lease.trusted_until + half, self.lease.renewed_until + half
         plan = FencePlan(
             self.server,
             os.getpid(),
@@ -320,6 +338,8 @@ class Agent:
             list(template.cgroups),
             list(template.addresses),
             list(template.mounts),
+            renewed,
+            self.config.lease.failsafe_hold,
         )
         try:
             plan.write(self.config.state_dir)

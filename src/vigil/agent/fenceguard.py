@@ -8,6 +8,10 @@ longer be trusted to hold its lease (killed, frozen, cut off): the guard kills t
 resources' cgroups, deletes their addresses and lazily unmounts their volumes, once per
 deadline, and logs what it did. The agent's lease cannot have expired for any other server
 yet: the plan's deadline lies a safety margin before that.
+
+During a failsafe (the store unreachable for every agent, ``vigil.agent.failsafe``) the agent
+moves the deadline on after each round the other agents confirm; the guard says so once per
+episode, and never waits past the last renewal's deadline plus ``failsafe_limit``.
 """
 
 from __future__ import annotations
@@ -63,25 +67,28 @@ def fence(plan: FencePlan, directory: Path) -> None:
 def run(directory: Path) -> int:
     say(f"watching {directory}")
     fenced_for = None
+    failsafe_for = None  # the renewal deadline of the failsafe episode last reported
     while True:
         plan = FencePlan.read(directory)
         if plan is not None:
             if plan.mode == "stopped":
                 say("the agent stopped in order; exiting")
                 return 0
-            due = plan.mode == "active" and time.monotonic() >= plan.deadline
-            if (
-                due
-                and fenced_for != plan.deadline
-                and (plan.cgroups or plan.addresses or plan.mounts)
-            ):
-                late = time.monotonic() - plan.deadline
+            if plan.mode == "active" and plan.failsafe and failsafe_for != plan.renewed:
+                failsafe_for = plan.renewed
+                say(
+                    f"failsafe: agent {plan.agent_pid} holds its lease on without the store "
+                    f"(confirmed by the other agents), {plan.failsafe_limit:g}s at most"
+                )
+            due = plan.mode == "active" and time.monotonic() >= plan.due
+            if due and fenced_for != plan.due and (plan.cgroups or plan.addresses or plan.mounts):
+                late = time.monotonic() - plan.due
                 say(
                     f"no lease renewal from agent {plan.agent_pid} by its deadline "
                     f"({late:.3f}s ago): fencing"
                 )
                 fence(plan, directory)
-                fenced_for = plan.deadline
+                fenced_for = plan.due
         time.sleep(POLL)
 
 

@@ -12,6 +12,12 @@ Three layers, from the agent's own to the one that needs no agent at all:
    passes without a renewal (the agent was SIGKILLed, frozen by SIGSTOP, or cut off from
    the store), the guard kills the cgroups, deletes the addresses and unmounts the
    volumes, before the lease can expire anywhere else.
+
+   Failsafe (``vigil.agent.failsafe``): the agent moves the deadline on after a failsafe
+   round every other agent confirmed, as after a renewal. The plan also carries the
+   deadline the last *renewal* gave (``renewed``) and ``failsafe_limit``; the guard never
+   waits past ``renewed + failsafe_limit``, whatever ``deadline`` says. A frozen or dead
+   agent neither renews nor runs rounds: the guard fences it as before.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ class Cgroups:
 
 @dataclass
 class FencePlan:
-    """What the guard reads. ``mode``: active (fence at ``deadline``), maintenance (never
+    """What the guard reads. ``mode``: active (fence at ``due``), maintenance (never
     fence: resources are meant to keep running), stopped (the guard exits)."""
 
     server: str
@@ -101,6 +107,23 @@ class FencePlan:
     cgroups: list[str] = field(default_factory=list)
     addresses: list[tuple[str, int, str]] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
+    #: the deadline the last successful renewal gave (0: as ``deadline``), and how far past
+    #: it a failsafe may move ``deadline`` (``vigil.agent.failsafe``)
+    renewed: float = 0.0
+    failsafe_limit: float = 0.0
+
+    @property
+    def due(self) -> float:
+        """When the guard fences: ``deadline``, but never later than the last renewal's
+        deadline plus ``failsafe_limit``."""
+        if not self.renewed:
+            return self.deadline
+        return min(self.deadline, self.renewed + self.failsafe_limit)
+
+    @property
+    def failsafe(self) -> bool:
+        """Whether a failsafe holds the deadline past the last renewal's."""
+        return bool(self.renewed) and self.deadline > self.renewed
 
     def write(self, directory: Path) -> None:
         """Atomically replace the plan (the guard never reads half a file)."""

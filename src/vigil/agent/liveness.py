@@ -15,13 +15,23 @@ transaction, guarded by the revision it timed: if the server renewed meanwhile, 
 deleted. That deletion is what every agent acts on (a server without ``alive`` is down), and
 the holder's next renewal finds its key gone and fences itself. The store's lease stays as
 the backstop: when every observer is gone too, it still expires.
+
+Failsafe (``vigil.agent.failsafe``) changes two things, both so that a server holding its
+lease on comm-path confirmations during a store outage is never judged dead for it:
+
+* a server's heartbeat names the servers it would ask (``members``) and how long a failsafe
+  may last (``failsafe``). An observer among the members times it against ``ttl``; any
+  other observer (one that joined since, which the server would not ask) against
+  ``ttl + failsafe``;
+* an agent that confirms another's failsafe ("I cannot reach the store either") restarts
+  that server's clock at that moment (``heard``): the confirmation counts as a heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vigil.agent.storeio import event_operation
@@ -36,8 +46,8 @@ log = logging.getLogger("vigil.agent")
 @dataclass
 class _Seen:
     revision: int
-    since: float  # observer's monotonic clock: when this revision was first seen
-    ttl: float
+    since: float  # observer's monotonic clock: when this revision was first seen (or heard)
+    limit: float  # silence after which this observer may end the lease (0: never)
 
 
 class HeartbeatTracker:
@@ -48,15 +58,44 @@ class HeartbeatTracker:
         self.clock = clock
         self._seen: dict[str, _Seen] = {}
 
-    def saw(self, server: str, revision: int, ttl: float) -> bool:
-        """A heartbeat revision of ``server`` was read or watched now. True when the
-        server was not known alive before (a join, which can change decisions)."""
+    def limit(self, ttl: float, failsafe: float = 0.0, members: Iterable[str] = ()) -> float:
+        """How long a heartbeat published with ``ttl``, ``failsafe`` and ``members`` must
+        stand still before this agent may end that lease: ``ttl`` when the server would ask
+        this agent before holding on in failsafe (or has no failsafe), else ``ttl +
+        failsafe``; 0 (never) for a server that publishes no ttl."""
+        if ttl <= 0:
+            return 0.0
+        if failsafe <= 0 or self.me in members:
+            return ttl
+        return ttl + failsafe
+
+    def saw(
+        self,
+        server: str,
+        revision: int,
+        ttl: float,
+        failsafe: float = 0.0,
+        members: Iterable[str] = (),
+    ) -> bool:
+        """A heartbeat revision of ``server`` (published with ``ttl``, ``failsafe`` and
+        ``members``) was read or watched now. True when the server was not known alive
+        before (a join, which can change decisions)."""
         if server == self.me or revision <= 0:
             return False
         seen = self._seen.get(server)
         if seen is None or revision > seen.revision:
-            self._seen[server] = _Seen(revision, self.clock(), ttl)
+            limit = self.limit(ttl, failsafe, tuple(members))
+            self._seen[server] = _Seen(revision, self.clock(), limit)
         return seen is None
+
+    def heard(self, server: str) -> None:
+        """This agent has just confirmed ``server``'s failsafe (it cannot reach the store
+        either): restart its clock now, as a heartbeat would. The server's failsafe round
+        began before this moment, and it holds on at most ``ttl - safety_margin`` from
+        that beginning, so it stops before this clock can run out."""
+        seen = self._seen.get(server)
+        if seen is not None:
+            seen.since = max(seen.since, self.clock())
 
     def gone(self, server: str) -> None:
         """The server's heartbeat key was deleted (it stopped, or its lease ended)."""
@@ -68,24 +107,24 @@ class HeartbeatTracker:
             self.gone(name)
         for name, server in cluster.servers.items():
             if server.alive:
-                self.saw(name, server.heartbeat, server.ttl)
+                self.saw(name, server.heartbeat, server.ttl, server.failsafe, server.members)
             else:
                 self.gone(name)
 
     def silent(self) -> dict[str, tuple[int, float]]:
-        """Servers whose heartbeat has not advanced for their TTL: revision timed, and
-        for how long it has been silent."""
+        """Servers whose heartbeat has not advanced for their limit (``limit``): revision
+        timed, and for how long it has been silent."""
         now = self.clock()
         return {
             server: (seen.revision, now - seen.since)
             for server, seen in self._seen.items()
-            if seen.ttl > 0 and now - seen.since >= seen.ttl
+            if seen.limit > 0 and now - seen.since >= seen.limit
         }
 
     def next_due(self) -> float | None:
         """Seconds until the next server would become silent (None when none is timed)."""
         now = self.clock()
-        dues = [seen.since + seen.ttl - now for seen in self._seen.values() if seen.ttl > 0]
+        dues = [seen.since + seen.limit - now for seen in self._seen.values() if seen.limit > 0]
         return max(0.0, min(dues)) if dues else None
 
 

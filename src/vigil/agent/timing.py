@@ -26,6 +26,9 @@ and on the store:
 2. ``granted < ttl``: the store could delete the lease, and another server take the
    hierarchies over, before this agent's own deadline ``last_sent + ttl - safety_margin``.
 
+2b. With failsafe (``vigil.agent.failsafe``), ``granted < ttl + failsafe_limit``: the store
+   could delete the lease while a failsafe still holds it on.
+
 A grant longer than ``ttl`` (etcd grants whole seconds, and no less than its minimum) is
 fine: other agents judge a server dead by their own clocks after ``ttl`` without a heartbeat
 (``vigil.agent.liveness``); the store's own expiry is only the backstop.
@@ -37,7 +40,9 @@ fine: other agents judge a server dead by their own clocks after ``ttl`` without
    shorter than a leader election of the store: no renewal succeeds until a new leader is
    elected, which takes up to two election timeouts, that is up to 4/3 x
    ``min_lease_ttl``. Such an agent takes its hierarchies out of service at every etcd
-   leader change or restart (safe, but an outage).
+   leader change or restart (safe, but an outage). With failsafe, what must outlast an
+   election is ``failsafe_limit`` instead (the agents hold on while none of them reaches
+   the store): warned when it is shorter.
 """
 
 from __future__ import annotations
@@ -58,12 +63,17 @@ def _seconds(value: float) -> str:
 
 
 def check_lease_timing(
-    settings: LeaseSettings, capabilities: StoreCapabilities, granted_ttl: float
+    settings: LeaseSettings,
+    capabilities: StoreCapabilities,
+    granted_ttl: float,
+    *,
+    failsafe: bool = False,
 ) -> list[str]:
     """Apply the timing rule of this module to ``settings``, a store with ``capabilities``
-    and the TTL it granted for a lease asked of ``settings.ttl`` (whole seconds rounded up
-    on a networked store). Returns the warnings (rule 3), one readable message each;
-    raises ``ConfigError`` naming the settings to change (rules 1 and 2). Pure."""
+    and the TTL it granted for the lease the keeper asks (``LeaseKeeper._ask``); ``failsafe``:
+    whether the agent runs failsafe (rule 2b). Returns the warnings (rule 3), one readable
+    message each; raises ``ConfigError`` naming the settings to change (rules 1, 2, 2b).
+    Pure."""
     ttl, renew, request, margin = (
         settings.ttl,
         settings.renew_interval,
@@ -87,8 +97,25 @@ def check_lease_timing(
             f"them. Set ttl to {_seconds(granted_ttl)} or less (and the other [lease] "
             "settings to fit), or fix the store's lease settings."
         )
+    hold = settings.failsafe_limit if failsafe else 0.0
+    if hold and granted_ttl < ttl + hold - _EPSILON:
+        raise ConfigError(
+            f"unsafe lease timing: the store granted a lease of {_seconds(granted_ttl)}, "
+            f"shorter than [lease] ttl + failsafe_limit = {_seconds(ttl + hold)}: it could "
+            "delete this server's lease while a failsafe holds it on. Lower failsafe_limit, "
+            "or fix the store's lease settings."
+        )
     warnings = []
-    if capabilities.networked:
+    if capabilities.networked and failsafe:
+        election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
+        if hold < election - _EPSILON:
+            warnings.append(
+                f"a leader change or a restart of the store may outlast the failsafe: the "
+                f"store elects a new leader within about {election:.2g} s, but [lease] "
+                f"failsafe_limit is {_seconds(hold)}. Raise it to {math.ceil(election)} s "
+                "or more to ride through."
+            )
+    elif capabilities.networked:
         election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
         holds = ttl - margin - renew
         if holds < election - _EPSILON:

@@ -149,6 +149,8 @@ def _servers(records: Mapping[Hashable, Any], alive: Mapping[Hashable, Any]) -> 
             maintenance=beat[0].maintenance if beat else False,
             heartbeat=beat[1] if beat else 0,
             ttl=beat[0].ttl if beat else 0.0,
+            failsafe=beat[0].failsafe if beat else 0.0,
+            members=beat[0].members if beat else (),
         )
     return result
 

@@ -37,6 +37,8 @@ class Server:
     maintenance: bool = False  # stopped with --leave-resources
     heartbeat: int = 0  # revision of its alive key: advances with every lease renewal
     ttl: float = 0.0  # the lease TTL its agent counts on (others time its heartbeat by it)
+    failsafe: float = 0.0  # how long its agent may hold its lease through a store outage
+    members: tuple[str, ...] = ()  # the servers it would ask then (``vigil.agent.failsafe``)
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,20 @@ class ServerRecord(Record):
 
 class AliveRecord(Record):
     """Rewritten with every lease renewal (``beat`` counts them): its revision is the
-    heartbeat other agents time with their own clocks against ``ttl``."""
+    heartbeat other agents time with their own clocks against ``ttl``.
+
+    ``failsafe``: how long past this renewal the agent may hold its lease through a store
+    outage (0: never); ``members``: the servers it would then ask, over comm paths, whether
+    they cannot reach the store either. An observer listed there times the heartbeat
+    against ``ttl``, any other against ``ttl + failsafe`` (``vigil.agent.failsafe``)."""
 
     started_at: float
     pid: int
     maintenance: bool = False
     ttl: float = 0.0
     beat: int = 0
+    failsafe: float = 0.0
+    members: tuple[str, ...] = ()
 
 
 class CommPathRecord(Record):

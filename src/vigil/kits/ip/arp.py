@@ -4,9 +4,13 @@ Both speak ARP directly on an ``AF_PACKET`` socket bound to one interface, on th
 event loop (non-blocking; the socket lives in the calling thread's network namespace):
 
 * ``probe`` sends ARP probes (RFC 5227: sender address 0.0.0.0, target the address) and
-  listens ``PROBE_WAIT`` seconds for anyone answering for the address. This is what
-  ``arping -D`` does, but ``arping`` cannot wait less than a whole second, and every
-  restore pays for the wait.
+  listens ``PROBE_WAIT`` seconds (the resource's ``probe_wait``) for anyone answering for
+  the address. This is what ``arping -D`` does, but ``arping`` cannot wait less than a
+  whole second, and every restore pays for the wait. On a LAN a host answers an ARP
+  request within a millisecond or two (its kernel does, whatever its load), so 0.1 s
+  with three probes still finds another owner; RFC 5227's 1-2 s waits are for links where
+  hosts join slowly, and a resource on such a network raises ``probe_wait``. An answer
+  aborts the restore before the address is added, exactly as with a longer wait.
 * ``announce`` sends one gratuitous ARP request (as ``arping -U``) and one gratuitous
   reply (as ``arping -A``), so that neighbours replace the address's old hardware
   address at once: without it a client in another namespace could not reach a moved
@@ -33,10 +37,10 @@ from vigil.errors import KitError, Severity
 
 __all__ = ["ANNOUNCE_AGAIN", "PROBE_COUNT", "PROBE_WAIT", "Announcer", "announce", "probe"]
 
-#: seconds a duplicate-address probe listens for another owner of the address
-PROBE_WAIT = 0.5
-#: probes sent during ``PROBE_WAIT`` (spread evenly), in case one is lost
-PROBE_COUNT = 2
+#: seconds a duplicate-address probe listens for another owner of the address (default)
+PROBE_WAIT = 0.1
+#: probes sent during the wait (spread evenly), in case one is lost
+PROBE_COUNT = 3
 #: seconds after the first announcement when it is repeated in the background
 ANNOUNCE_AGAIN = 1.0
 

@@ -17,8 +17,9 @@ can_extend     the same checks on the target, without the ARP probe (the address
 extend         repeats the checks with the final per-server properties (an
                administrator's override skips the proposal): FATAL if they fail
 restore        picks the interface (the backup interface if the interface cannot carry
-               the address now), probes for another owner (KitError HARD if one
-               answers), adds the address over netlink (already there: fine),
+               the address now), probes for another owner for ``probe_wait`` s
+               (KitError HARD if one answers), adds the address over netlink
+               (already there: fine),
                announces it by gratuitous ARP at once and again ``ANNOUNCE_AGAIN`` s
                later in the background
 remove         deletes the address from every interface it is on (and the one the last
@@ -114,7 +115,7 @@ class IpKit(Kit[IpProperties]):
         if not problems:
             link = view.link(p.interface)
             if link is not None and link.uses_arp:
-                owner = await arp.probe(link.name, p.address, view.macs())
+                owner = await arp.probe(link.name, p.address, view.macs(), p.probe_wait)
                 if owner is not None:
                     problems.append(_duplicate(p.address, owner, link.name, ctx.server))
         return problems
@@ -253,7 +254,7 @@ class IpKit(Kit[IpProperties]):
     ) -> None:
         """Probe, put the address on ``link`` (moving it from any other link), announce."""
         if link.uses_arp:
-            owner = await arp.probe(link.name, p.address, view.macs())
+            owner = await arp.probe(link.name, p.address, view.macs(), p.probe_wait)
             if owner is not None:
                 raise KitError(
                     f"ip resource {ctx.tag}: "

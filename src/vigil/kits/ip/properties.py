@@ -97,6 +97,17 @@ class IpProperties(KitProperties):
             "when none answers. Empty: the gateway of the interface's subnet, if any."
         ),
     )
+    probe_wait: float = Field(
+        0.1,
+        ge=0.02,
+        le=10.0,
+        description=(
+            "Seconds the duplicate-address check (an ARP probe, as arping -D) listens for "
+            "another host answering for the address, before every restore adds it; an "
+            "answer aborts the restore. Hosts on a LAN answer within milliseconds; raise "
+            "it on a slow or lossy link."
+        ),
+    )
     local_recovery: bool = Field(
         True,
         description=(
