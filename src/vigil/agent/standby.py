@@ -72,7 +72,8 @@ class StandbyKeeper:
             self.wake.clear()
 
     async def round(self) -> None:
-        """One pass over the resources extended here."""
+        """One pass over the resources extended here. What it writes is remembered only
+        once written (a failed write is tried again next round)."""
         cluster, me = self.cluster(), self.actor.server
         lease = self.actor.lease_id()
         here = {
@@ -82,32 +83,30 @@ class StandbyKeeper:
             and r.kit in self.actor.runner.kits.names()
             and has_standby(self.actor.runner.kit(r.kit))
         }
-        ops: list[Operation] = [
-            Delete(key("eligible", me, tag)) for tag in sorted(set(self._written) - set(here))
-        ]
-        for tag in set(self._written) - set(here):
-            del self._written[tag]
+        gone = sorted(set(self._written) - set(here))
+        ops: list[Operation] = [Delete(key("eligible", me, tag)) for tag in gone]
+        written: dict[str, tuple[int, Eligibility]] = {}
         for tag, resource in sorted(here.items()):
-            if self.busy(tag) or self.actor.local.fencing:
+            if self.busy(tag) or self.actor.fencing:
                 continue
             answer = await self._evaluate(resource)
-            if answer is None or not lease:
+            if answer is None or not lease or self._written.get(tag) == (lease, answer):
                 continue
-            if self._written.get(tag) != (lease, answer):
-                record = EligibleRecord(
-                    eligible=answer.eligible, reason=answer.reason, since=time.time()
-                )
-                ops.append(Put(key("eligible", me, tag), record.dump(), lease))
-                self._written[tag] = (lease, answer)
-                log.info(
-                    "%s on %s: %s%s",
-                    tag,
-                    me,
-                    "eligible" if answer.eligible else "not eligible",
-                    f" ({answer.reason})" if answer.reason else "",
-                )
-        if ops:
-            await self.actor.store.txn((), ops)
+            record = EligibleRecord(
+                eligible=answer.eligible, reason=answer.reason, since=time.time()
+            )
+            ops.append(Put(key("eligible", me, tag), record.dump(), lease))
+            written[tag] = (lease, answer)
+        if not ops:
+            return
+        await self.actor.store.txn((), ops)
+        for tag in gone:
+            del self._written[tag]
+        for tag, (held, answer) in written.items():
+            self._written[tag] = (held, answer)
+            verdict = "eligible" if answer.eligible else "not eligible"
+            reason = f" ({answer.reason})" if answer.reason else ""
+            log.info("%s on %s: %s%s", tag, me, verdict, reason)
 
     async def _evaluate(self, resource: Resource) -> Eligibility | None:
         """``standby`` (unless in service here), then ``eligible``; None when the kit

@@ -171,6 +171,8 @@ class MirrorKit(Kit[MirrorProperties]):
         async with self._lock(ctx):
             await service.stop(paths, ctx.log)
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            if ctx.state_dir.name == ctx.tag:  # the resource's own directory: gone too
+                await asyncio.to_thread(shutil.rmtree, ctx.state_dir, True)
 
     def fence_actions(self, ctx: KitContext[MirrorProperties]) -> FenceActions:
         paths = MirrorPaths.of(ctx.state_dir)

@@ -304,7 +304,8 @@ class Receiver:
     def _write(self, offset: int, data: bytes | memoryview, resync: bool) -> None:
         size = self.config.region_size
         first, last = offset // size, (offset + len(data) - 1) // size
-        self.activity.persist(self.activity.touch(first, last))
+        if not resync:  # a resync block is the source's data: no other copy lacks it
+            self.activity.persist(self.activity.touch(first, last))
         fd = (
             self._direct
             if len(data) >= _DIRECT_MIN and not (offset | len(data)) % _ALIGN
@@ -401,8 +402,9 @@ class Receiver:
         }
 
     def write_status(self) -> None:
+        status = self.status()  # takes self.lock: never while holding _status_lock
         with self._status_lock:
-            write_json(self.paths.status, self.status())
+            write_json(self.paths.status, status)
 
     def watch(self) -> None:
         """Thread: eligibility's clock, and ``status.json`` twice a second."""
