@@ -52,6 +52,11 @@ class MirrorLab:
         self.api = api
         self.disks = disks
 
+    def use(self, server: str) -> None:
+        """Ask ``server``'s agent from now on (the other one is down)."""
+        self.api.close()
+        self.api = Api(self.info, server=server)
+
     def address(self, server: str) -> str:
         return self.info.server(server).address
 
