@@ -79,12 +79,20 @@ class Vigil:
     tool = NAME
 
     def __init__(
-        self, bench: BenchLab, label: str, lease: LeaseSettings | None, store: str = "embedded"
+        self,
+        bench: BenchLab,
+        label: str,
+        lease: LeaseSettings | None,
+        store: str = "embedded",
+        probe_wait: float | None = None,
     ) -> None:
         self.bench = bench
         self.lease = lease
         self.store = store
-        self.setting = f"{label} ({describe(lease)})"
+        #: the ip resource's duplicate-address probe (None: the kit's default)
+        self.probe_wait = probe_wait
+        probe = f", ip probe_wait {probe_wait:g}" if probe_wait is not None else ""
+        self.setting = f"{label} ({describe(lease)}{probe})"
         self.window = 20.0
         token = bench.info.tokens["administrator"]
         # plain HTTP inside the lab: no TLS context, no CA files read (a CA bundle being
@@ -119,8 +127,8 @@ class Vigil:
             return (
                 "the killed agent's fence guard (a separate process, left running) takes "
                 "the service and the address down before the lease can expire; the other "
-                "server restores the hierarchy once it has expired (ip restore includes a "
-                "0.5 s ARP duplicate-address probe)"
+                "server restores the hierarchy once it has expired (ip restore includes the "
+                "ARP duplicate-address probe: probe_wait, 0.1 s by default)"
             )
         return None
 
@@ -169,6 +177,9 @@ class Vigil:
             self.bench.lab.start_agent(server, wait=True)
         if self._api("GET", f"/v1/resources/{APP}") is None:
             self._create()
+        # this setting's probe (null: back to the kit's default, as another setting left it)
+        body = {"properties": {"probe_wait": self.probe_wait}}
+        self._api("PATCH", f"/v1/resources/{IP}/properties", body)
 
     def states(self) -> dict[str, str]:
         """server -> state of the app resource."""

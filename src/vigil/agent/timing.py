@@ -74,6 +74,37 @@ def check_lease_timing(
     whether the agent runs failsafe (rule 2b). Returns the warnings (rule 3), one readable
     message each; raises ``ConfigError`` naming the settings to change (rules 1, 2, 2b).
     Pure."""
+    hold = settings.failsafe_limit if failsafe else 0.0
+    _refuse_unsafe(settings, granted_ttl, hold)
+    if not capabilities.networked:
+        return []
+    election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
+    if failsafe:
+        if hold >= election - _EPSILON:
+            return []
+        return [
+            f"a leader change or a restart of the store may outlast the failsafe: the "
+            f"store elects a new leader within about {election:.2g} s, but [lease] "
+            f"failsafe_limit is {_seconds(hold)}. Raise it to {math.ceil(election)} s "
+            "or more to ride through."
+        ]
+    margin, renew = settings.safety_margin, settings.renew_interval
+    holds = settings.ttl - margin - renew
+    if holds >= election - _EPSILON:
+        return []
+    advice = math.ceil(margin + renew + election - _EPSILON)
+    return [
+        f"a leader change or a restart of the store may outlast this agent's lease: "
+        f"the store elects a new leader within about {election:.2g} s (4/3 x its "
+        f"shortest lease, {_seconds(capabilities.min_lease_ttl)}), but the agent "
+        f"holds on only {holds:.2g} s without a successful renewal (ttl - "
+        "safety_margin - renew_interval), and then takes its hierarchies out of "
+        f"service. Raise [lease] ttl to {advice} s or more to ride through."
+    ]
+
+
+def _refuse_unsafe(settings: LeaseSettings, granted_ttl: float, hold: float) -> None:
+    """Rules 1, 2 and 2b: ``ConfigError`` when one is broken."""
     ttl, renew, request, margin = (
         settings.ttl,
         settings.renew_interval,
@@ -97,7 +128,6 @@ def check_lease_timing(
             f"them. Set ttl to {_seconds(granted_ttl)} or less (and the other [lease] "
             "settings to fit), or fix the store's lease settings."
         )
-    hold = settings.failsafe_limit if failsafe else 0.0
     if hold and granted_ttl < ttl + hold - _EPSILON:
         raise ConfigError(
             f"unsafe lease timing: the store granted a lease of {_seconds(granted_ttl)}, "
@@ -105,27 +135,3 @@ def check_lease_timing(
             "delete this server's lease while a failsafe holds it on. Lower failsafe_limit, "
             "or fix the store's lease settings."
         )
-    warnings = []
-    if capabilities.networked and failsafe:
-        election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
-        if hold < election - _EPSILON:
-            warnings.append(
-                f"a leader change or a restart of the store may outlast the failsafe: the "
-                f"store elects a new leader within about {election:.2g} s, but [lease] "
-                f"failsafe_limit is {_seconds(hold)}. Raise it to {math.ceil(election)} s "
-                "or more to ride through."
-            )
-    elif capabilities.networked:
-        election = ELECTION_PER_MIN_TTL * capabilities.min_lease_ttl
-        holds = ttl - margin - renew
-        if holds < election - _EPSILON:
-            advice = math.ceil(margin + renew + election - _EPSILON)
-            warnings.append(
-                f"a leader change or a restart of the store may outlast this agent's lease: "
-                f"the store elects a new leader within about {election:.2g} s (4/3 x its "
-                f"shortest lease, {_seconds(capabilities.min_lease_ttl)}), but the agent "
-                f"holds on only {holds:.2g} s without a successful renewal (ttl - "
-                "safety_margin - renew_interval), and then takes its hierarchies out of "
-                f"service. Raise [lease] ttl to {advice} s or more to ride through."
-            )
-    return warnings
