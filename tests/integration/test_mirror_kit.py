@@ -8,6 +8,7 @@ The tests run in order and build on each other (lab ``tmirk``, subnet 72).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,19 @@ def test_extend_and_initial_synchronization(mirror: MirrorLab) -> None:
     first = mirror.resyncs()[-1]
     assert (first["target"], first["kind"]) == ("node2", "full")
     assert first["regions"] == DISK_MB * 2**20 // REGION
+
+
+def test_a_filesystem_on_the_mirror_is_known_as_the_mirrors(mirror: MirrorLab) -> None:
+    """What the mail kit's create asks of a data location's filesystem: its volume is the
+    mirror resource (adopted as the child), not a volume of its own."""
+    code = (
+        "from vigil.kits.volume import mounts as mt;"
+        "from vigil.kits.mirror.locate import mirror_of_device;"
+        f"top = mt.visible_mount(mt.read_mounts(), {MOUNT!r});"
+        "print(top.source, mirror_of_device(top.source), mirror_of_device('/dev/vda'))"
+    )
+    shown = mirror.sh("node1", f'{sys.executable} -c "{code}"').split()
+    assert shown[0].startswith("/dev/loop") and shown[1:] == [TAG, "None"], shown
 
 
 def test_a_target_cannot_be_mounted_or_opened_exclusively(mirror: MirrorLab) -> None:

@@ -285,7 +285,7 @@ class MailOperations:
         mounts = sorted(
             str(cluster.resources[c].properties.get("mount_point"))
             for c in cluster.children(tag)
-            if cluster.resources[c].kit == "volume"
+            if cluster.resources[c].kit in ("volume", "mirror")
         )
         if not any(path.startswith(m.rstrip("/") + "/") for m in mounts):
             raise ValidationError(

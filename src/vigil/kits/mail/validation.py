@@ -24,6 +24,7 @@ from vigil.kits.base import ChildResource, KitContext
 from vigil.kits.mail import config, directory
 from vigil.kits.mail.properties import MailProperties
 from vigil.kits.mail.services import KNOWN_SERVICES, Command, Endpoint
+from vigil.kits.mirror.locate import mirror_of_device
 from vigil.kits.process import run_command
 from vigil.kits.volume import mounts as mt
 from vigil.kits.volume.probe import probe_filesystem
@@ -200,8 +201,12 @@ def _unique(locations: list[config.DataLocation]) -> list[config.DataLocation]:
 async def _volume_child(
     ctx: KitContext[MailProperties], mount: mt.MountEntry, tag: str
 ) -> ChildResource | str:
-    """The volume resource protecting ``mount`` (its device, UUID and type), or why not."""
+    """The volume resource protecting ``mount`` (its device, UUID and type), or why not.
+    A filesystem on a mirror's replicated device is that mirror resource's (adopted)."""
     device = mount.source
+    mirror = mirror_of_device(device)
+    if mirror is not None:
+        return ChildResource(tag=mirror, kit="mirror", adopt=True)
     if not device.startswith("/dev/"):
         return (
             f"{mount.mount_point} on {ctx.server} is a {mount.fstype} filesystem from "
