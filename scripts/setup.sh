@@ -18,6 +18,8 @@ debs+=("${mail_debs[@]}")
 if [ "$purpose" = test ]; then
     # real services only the tests run: etcd (store); BIND's dig and nsupdate
     debs+=(etcd-server etcd-client bind9-dnsutils)
+    # the mirror kit's tests and benchmark: fio (bench/mirror.py), wipefs (util-linux)
+    debs+=(fio)
     # the web UI's browser tests: Debian's Chromium, driven by playwright (launched by path)
     debs+=(chromium fonts-dejavu-core)
 fi
