@@ -72,7 +72,7 @@ async def test_independent_children_are_restored_at_once(store: Store) -> None:
     began = time.monotonic()
     await actor._restore(cluster, step)
     took = time.monotonic() - began
-    assert actor.running == set(tags)
+    assert actor.local.running == set(tags)
     assert runner.most == 3  # the three children at once
     children = [runner.spans[t] for t in ("ip", "vol", "dns")]
     assert max(start for start, _ in children) < min(end for _, end in children)

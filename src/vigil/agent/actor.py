@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from vigil.agent import intents
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.local import LocalState
 from vigil.agent.storeio import event_operation
 from vigil.engine.order import remove_waves, restore_waves
-from vigil.engine.plan import LocalView, Step, StepKind, escalates, standby_reason
+from vigil.engine.plan import Step, StepKind, escalates, standby_reason
 from vigil.errors import KitError, KitTimeout, StoreError, VigilError
 from vigil.model.cluster import Cluster, Hierarchy, Observed, Resource
 from vigil.model.records import OwnerRecord, StateRecord, key
@@ -43,31 +43,6 @@ class Actor:
         self.started_at = time.time()
         #: what report_standby last read when it found nothing to write
         self._standby_checked: tuple[tuple[object, ...], frozenset[str]] | None = None
-
-    # --- the local state as the daemon and the cycle knew it, until they use ``local``
-    # (they are being changed by others: issue 14's failsafe); nothing else uses these
-
-    @property
-    def running(self) -> frozenset[str]:
-        return self.local.running
-
-    @property
-    def known(self) -> Mapping[str, Resource]:
-        return self.local.known
-
-    @property
-    def fencing(self) -> bool:
-        return self.local.fencing
-
-    @fencing.setter
-    def fencing(self, on: bool) -> None:
-        if on:
-            self.local.begin_fencing()
-        else:
-            self.local.end_fencing()
-
-    def local_view(self) -> LocalView:
-        return self.local.view()
 
     # --- steps ---------------------------------------------------------------------------
 

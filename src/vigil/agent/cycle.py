@@ -151,7 +151,7 @@ class Cycle:
         if await self._end_silent_leases(cluster):
             cluster = await self.refresh(fresh=True)
         waiting: dict[str, str] = {}
-        for step in decide(cluster, self.actor.server, self.actor.local_view(), time.time()):
+        for step in decide(cluster, self.actor.server, self.actor.local.view(), time.time()):
             if step.kind in (StepKind.WAIT, StepKind.BLOCKED):
                 waiting[step.hierarchy] = step.reason
                 if self._waiting.get(step.hierarchy) != step.reason:
@@ -203,7 +203,7 @@ class Cycle:
         gone = [
             r
             for tag, r in self._extended.items()
-            if tag not in here and tag not in self.actor.running
+            if tag not in here and tag not in self.actor.local.running
         ]
         self._extended = here
         for resource in gone:

@@ -36,17 +36,16 @@ from vigil.agent.paths import PathMonitor
 from vigil.agent.probe import probe
 from vigil.agent.secrets import SecretBox
 from vigil.agent.standby import StandbyKeeper
-from vigil.engine import failover
-from vigil.engine.order import remove_waves
-from vigil.engine.plan import Step, StepKind
+from vigil.agent.storeio import event_operation
+from vigil.engine import shutdown
 from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.kits.registry import KitRegistry, load_kits
 from vigil.model.cluster import Cluster
-from vigil.model.policies import ShutdownStrategy, StopMode
+from vigil.model.policies import StopMode
 from vigil.model.records import AliveRecord, ServerRecord, StoppedRecord, key
 from vigil.model.states import InstanceState
 from vigil.store import open_store
-from vigil.store.base import Store
+from vigil.store.base import Delete, Store
 
 log = logging.getLogger("vigil.agent")
 
@@ -201,9 +200,13 @@ class Agent:
         cluster = await self.cycle.refresh(fresh=True)
         await probe(self.actor, cluster)
         if self.server in cluster.stopped:
-            await self.store.delete(key("stopped", self.server))
-            await self.actor.event(
-                "agent-started", f"{self.server} is back ({cluster.stopped[self.server]} lifted)"
+            back = f"{self.server} is back ({cluster.stopped[self.server]} lifted)"
+            await self.store.txn(
+                (),
+                (
+                    Delete(key("stopped", self.server)),
+                    event_operation(self.server, "agent-started", back),
+                ),
             )
         self._write_plan()
 
@@ -236,52 +239,34 @@ class Agent:
         log.info("agent of %s stopped (%s)", self.server, mode)
 
     async def _leave(self, mode: StopMode) -> None:
-        """Record why this server stops, then hand over, remove or leave its hierarchies."""
+        """Record why this server stops, then hand over, remove or leave its hierarchies,
+        as the engine says (``engine.shutdown``)."""
         assert self.store and self.actor and self.cycle
         cluster = await self.cycle.refresh(fresh=True)
         await self.store.put(
             key("stopped", self.server), StoppedRecord(mode=mode, at=time.time()).dump()
         )
+        local = self.actor.local
+        leaving = shutdown.leave(cluster, self.server, mode, local.running, local.known)
         if mode is StopMode.MAINTENANCE:
             log.info(
                 "maintenance: leaving %s running, unmonitored",
-                ", ".join(sorted(self.actor.running)) or "nothing",
+                ", ".join(leaving.left_running) or "nothing",
             )
-            for tag in sorted(self.actor.running):
-                await self.actor.report(
-                    tag, InstanceState.ISU, "maintenance: left running, not monitored"
-                )
-            await self.actor.event(
-                "agent-stopped", f"{self.server} stopped for maintenance; resources left running"
+        for tag in leaving.left_running:
+            await self.actor.report(tag, InstanceState.ISU, shutdown.LEFT_RUNNING)
+        for move in leaving.moves:
+            await intents.move(
+                self.store,
+                cluster,
+                cluster.hierarchy(move.hierarchy),
+                move.target,
+                me=self.server,
+                reason=move.reason,
+                kind="shutdown-switchover",
             )
-            return
-        if cluster.server_policy(self.server).shutdown_strategy is ShutdownStrategy.SWITCHOVER:
-            await self._switch_over_all(cluster)
-        await self.actor.event(
-            "agent-stopped", f"{self.server} stopped; its hierarchies are out of service"
-        )
-        await self._remove_everything("the agent is stopping")
-
-    async def _switch_over_all(self, cluster: Cluster) -> None:
-        assert self.store
-        for hierarchy in cluster.hierarchies:
-            if cluster.intended_server(hierarchy) != self.server:
-                continue
-            target = failover.choose_target(cluster, hierarchy, (self.server,))
-            if target.server:
-                why = (
-                    f"{self.server} is stopping (shutdown strategy switchover): "
-                    f"{hierarchy.name} moves to {target.server}"
-                )
-                await intents.move(
-                    self.store,
-                    cluster,
-                    hierarchy,
-                    target.server,
-                    me=self.server,
-                    reason=why,
-                    kind="shutdown-switchover",
-                )
+        await self.actor.event("agent-stopped", leaving.event)
+        await self._remove(leaving.removal)
 
     async def _lease_lost(self, reason: str) -> None:
         """Self-fencing: without a lease this server may hold nothing in service."""
@@ -289,11 +274,8 @@ class Agent:
         log.error("fencing %s: %s; taking every hierarchy out of service", self.server, reason)
         await self.cycle.cancel_steps()
         assert self.actor
-        self.actor.fencing = True
-        try:
+        with self.actor.local.fencing_now():
             await self._remove_everything(f"lease lost: {reason}")
-        finally:
-            self.actor.fencing = False
         await self.lease.revoke(self.lease.lost_lease)  # its owner keys must go before we reclaim
         while not self._stopping.is_set():
             try:
@@ -306,17 +288,15 @@ class Agent:
 
     async def _remove_everything(self, why: str) -> None:
         assert self.actor and self.cycle
-        running = sorted(self.actor.running)
-        if not running:
-            return
-        cluster = self.cycle.cluster
-        step = Step(StepKind.REMOVE, ", ".join(running), frozenset(running), why)
-        known = {tag: self.actor.known.get(tag) or cluster.resources.get(tag) for tag in running}
-        resources = {tag: r for tag, r in known.items() if r is not None}
-        merged = Cluster(
-            resources={**cluster.resources, **resources}, dependencies=cluster.dependencies
+        local = self.actor.local
+        await self._remove(
+            shutdown.remove_everything(self.cycle.cluster, local.running, local.known, why)
         )
-        await self.actor.remove_waves(merged, remove_waves(merged, running), step, why)
+
+    async def _remove(self, removal: shutdown.Removal | None) -> None:
+        if removal is not None and self.actor is not None:
+            step = removal.step
+            await self.actor.remove_waves(removal.cluster, step.waves, step, step.state_reason)
 
     # --- the fence guard's plan -------------------------------------------------------
 
@@ -349,19 +329,19 @@ class Agent:
     def _fence_template(self) -> FencePlan:
         """What to undo, recomputed only when the cluster view changed."""
         cluster = self.cluster
-        marker = (cluster.revision, frozenset(self.actor.running if self.actor else ()))
+        running = self.actor.local.running if self.actor else frozenset()
+        marker = (cluster.revision, running)
         if self._template is not None and self._template[0] == marker:
             return self._template[1]
         plan = FencePlan(self.server, os.getpid())
         tags = sorted(
-            set(self.actor.running if self.actor else ())
-            | {t for t, r in cluster.resources.items() if self.server in r.instances}
+            running | {t for t, r in cluster.resources.items() if self.server in r.instances}
         )
         if self.cgroups.base is not None:
             plan.cgroups = [str(self.cgroups.base / tag) for tag in tags]
         for tag in tags:
             resource = cluster.resources.get(tag) or (
-                self.actor.known.get(tag) if self.actor else None
+                self.actor.local.known.get(tag) if self.actor else None
             )
             if resource is None or self.actor is None:
                 continue

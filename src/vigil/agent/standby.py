@@ -87,7 +87,7 @@ class StandbyKeeper:
         ops: list[Operation] = [Delete(key("eligible", me, tag)) for tag in gone]
         written: dict[str, tuple[int, Eligibility]] = {}
         for tag, resource in sorted(here.items()):
-            if self.busy(tag) or self.actor.fencing:
+            if self.busy(tag) or self.actor.local.fencing:
                 continue
             answer = await self._evaluate(resource)
             if answer is None or not lease or self._written.get(tag) == (lease, answer):
