@@ -258,6 +258,10 @@ class DualActiveProbe:
                     ignored = frozenset(self._ignored)
                 answering = self._http_round(ports)
                 running = self._processes(ports)
+                with self._lock:
+                    # a server ignored at any moment of the sample: a copy started by the
+                    # test just after the sample began must not count as a dual activity
+                    ignored |= self._ignored
                 sample = Sample(began, time.monotonic() - began, answering, running, ignored)
                 with self._new:
                     self.samples.append(sample)
