@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 from vigil.model import graph
 from vigil.model.policies import (
@@ -243,13 +244,13 @@ class Cluster:
     #: (server, tag) -> that server's kit's answer: may it take the resource over now?
     eligibility: Mapping[tuple[str, str], EligibilityReport] = field(default_factory=dict)
 
-    def evolve(self, **changes: object) -> Cluster:
+    def evolve(self, **changes: Any) -> Cluster:
         """A copy with ``changes`` (as ``dataclasses.replace``). What this view derived
         (hierarchies, indexes, parsed policies...) is carried over wherever the copy has
         the very same objects it was derived from, so a new view that shares most of its
         mappings with this one (another heartbeat, another state) does not derive it
         again. Mappings are never changed in place: a changed one is a new object."""
-        copy = replace(self, **changes)  # type: ignore[arg-type]
+        copy = replace(self, **changes)
         for name, sources in _DERIVED.items():
             if name in self.__dict__ and all(
                 getattr(copy, source) is getattr(self, source) for source in sources
