@@ -50,6 +50,8 @@ def write_lease(config_file: Path, lease: LeaseSettings | None) -> None:
         state_dir=config.state_dir,
         tokens_file=config.tokens_file,
         log_file=config.log_file,
+        tls=config.tls,  # the lab's certificates: the lab runs with TLS
+        secrets_key_file=config.secrets_key_file,
         lease=lease,
     )
 
@@ -95,8 +97,9 @@ class Vigil:
         self.setting = f"{label} ({describe(lease)}{probe})"
         self.window = 20.0
         token = bench.info.tokens["administrator"]
-        # plain HTTP inside the lab: no TLS context, no CA files read (a CA bundle being
-        # replaced on the host while the bench runs once failed a client's creation)
+        # the lab's agents serve HTTPS; the bench does not check their certificates: no CA
+        # file read (a CA bundle being replaced on the host while the bench runs once
+        # failed a client's creation)
         self._client = httpx.Client(
             timeout=60.0,
             trust_env=False,

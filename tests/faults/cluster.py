@@ -105,6 +105,7 @@ class Cluster:
                 headers={"authorization": f"Bearer {token}"},
                 timeout=httpx.Timeout(60.0, connect=2.0),
                 trust_env=False,
+                verify=info.ssl_context(),  # the lab's agents serve HTTPS (the lab's CA)
             )
             for s in info.servers
         }

@@ -49,7 +49,7 @@ def two_paths(lab_cluster: Cluster) -> Iterator[Cluster]:
         text = config.read_text()
         text = text.replace(f'addresses = ["{first}"]', f'addresses = ["{first}", "{second}"]')
         text = text.replace(
-            f'listen = "{first}"', f'listen = "0.0.0.0"\nadvertise_url = "http://{first}:7480"'
+            f'listen = "{first}"', f'listen = "0.0.0.0"\nadvertise_url = "https://{first}:7480"'
         )
         config.write_text(text)
         cluster.kill_agent(server, signal.SIGTERM)

@@ -25,6 +25,7 @@ class Api:
             headers={"authorization": f"Bearer {token}"},
             timeout=180.0,
             trust_env=False,
+            verify=info.ssl_context(),  # the lab's agents serve HTTPS (the lab's CA)
         )
 
     def close(self) -> None:

@@ -216,13 +216,17 @@ def test_refused_and_nothing_changed(lab: LabInfo, case: Case) -> None:
 
 
 def test_request_without_a_token_is_refused(lab: LabInfo) -> None:
-    answer = httpx.post(f"{lab.url}/v1/resources", json=_create("x"), trust_env=False)
+    verify = lab.ssl_context()
+    answer = httpx.post(
+        f"{lab.url}/v1/resources", json=_create("x"), trust_env=False, verify=verify
+    )
     assert answer.status_code == 401
     assert "no token" in answer.json()["error"]
     wrong = httpx.get(
         f"{lab.url}/v1/status",
         headers={"authorization": "Bearer nope-nope-nope-nope"},
         trust_env=False,
+        verify=verify,
     )
     assert wrong.status_code == 401
 

@@ -191,8 +191,9 @@ def test_files_for_agents_and_clients(lab: Lab) -> None:
     info = lab.info()
     with info.client_file.open("rb") as handle:
         client = tomllib.load(handle)
-    assert client["url"] == "http://10.213.231.1:7480"
+    assert client["url"] == "https://10.213.231.1:7480"
     assert client["urls"] == [s.api_url for s in info.servers]
+    assert client["ca_file"] == str(info.ca_file)
     assert set(client["tokens"]) == {"administrator", "operator", "guest"}
     assert client["tokens"] == info.tokens
     tokens = load_tokens(info.tokens_file).token
@@ -208,6 +209,8 @@ def test_files_for_agents_and_clients(lab: Lab) -> None:
     assert (config.api.listen, config.api.port) == ("10.213.231.2", 7480)
     assert config.store == f"sqlite:///{info.root}/store.db"
     assert config.tokens_file == info.tokens_file
+    assert config.tls.ca_file == info.ca_file  # the lab runs with TLS: its own CA
+    assert config.tls.cert_file is not None and not config.tls.plain_http
     state = json.loads((info.root / "lab.json").read_text())
     assert state["bridge"] == "vigil-t-lab"
     assert sorted(state["servers"]) == ["node1", "node2", "node3"]
@@ -321,7 +324,7 @@ def test_agents_start_answer_and_restart(scratch_lab: Lab) -> None:
         pytest.skip("`vigil agent run` does not exist yet")
     lab = scratch_lab
     info = lab.up(2)
-    with httpx.Client(trust_env=False, timeout=2.0) as client:
+    with httpx.Client(trust_env=False, timeout=2.0, verify=info.ssl_context()) as client:
         for server in info.servers:
             assert server.agent_pid is not None
             assert client.get(server.api_url + "/v1/health").status_code == 200
@@ -341,7 +344,7 @@ def test_agents_start_answer_and_restart(scratch_lab: Lab) -> None:
         (["sh", "-c", "echo agent-broke >&2; exit 3"], "exited before answering", "agent-broke"),
         (
             ["sh", "-c", "echo agent-hangs; exec sleep 600"],
-            r"did not answer GET http://10\.213\.232\.1:7480/v1/health with 200 within 2 s",
+            r"did not answer GET https://10\.213\.232\.1:7480/v1/health with 200 within 2 s",
             "agent-hangs",
         ),
     ],

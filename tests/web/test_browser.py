@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import Api, wait_for
-from tests.web.conftest import Person, base_url, login, screenshot, vigil_cli
+from tests.web.conftest import HTTPS_OPTIONS, Person, base_url, login, screenshot, vigil_cli
 from vigil.lab.info import LabInfo
 from vigil.lab.lab import Lab
 
@@ -44,7 +44,7 @@ def test_login_is_refused_with_a_reason(
     browser: Any, lab: tuple[Lab, LabInfo], people: dict[str, Person]
 ) -> None:
     info = lab[1]
-    context = browser.new_context(base_url=base_url(info))
+    context = browser.new_context(base_url=base_url(info), **HTTPS_OPTIONS)
     page = context.new_page()
     page.goto("/ui/login")
     screenshot(page, "login")
@@ -297,7 +297,9 @@ def test_no_serious_accessibility_violation(
 ) -> None:
     """axe-core on every page (and the login page): nothing serious or critical."""
     info = lab[1]
-    context = browser.new_context(base_url=base_url(info), bypass_csp=True)  # to inject axe
+    context = browser.new_context(
+        base_url=base_url(info), bypass_csp=True, **HTTPS_OPTIONS
+    )  # to inject axe
     page = context.new_page()
     found = {}
     page.goto("/ui/login")

@@ -11,7 +11,7 @@ Example::
     [api]
     listen = "10.0.0.1"
     port = 7480
-    # advertise_url = "http://10.0.0.1:7480"  # how other agents and the CLI reach this one
+    # advertise_url = "https://10.0.0.1:7480"  # how other agents and the CLI reach this one
 
     [lease]
     ttl = 0.8                 # seconds without renewal after which this server is dead
@@ -27,6 +27,12 @@ Example::
     operator_group = "vigil-oper"
     guest_group = "vigil-guest"
     session_timeout = 28800   # seconds a login lasts
+
+    [tls]                     # the API and web UI over HTTPS (vigil.agent.tls)
+    cert_file = "/etc/vigil/tls/node1.pem"   # this agent's certificate (vigil ca issue)
+    key_file = "/etc/vigil/tls/node1.key"
+    ca_file = "/etc/vigil/tls/ca.pem"        # the cluster CA: other agents are checked by it
+    # plain_http = true       # no TLS at all: only when set so, with a warning in the log
 
 The timing rule (checked here, refused when unsafe): a holder that cannot renew must have
 time to take its hierarchies out of service before anyone else may take them over, so
@@ -51,7 +57,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic import ValidationError as PydanticError
 
 from vigil.errors import ConfigError
@@ -65,10 +71,12 @@ class ApiSettings(BaseModel):
     listen: str = "127.0.0.1"
     port: int = Field(7480, ge=1, le=65535)
     advertise_url: str | None = None
+    #: https unless the agent's [tls] says plain_http (set by ``AgentConfig``)
+    _scheme: str = PrivateAttr("https")
 
     @property
     def url(self) -> str:
-        return self.advertise_url or f"http://{self.listen}:{self.port}"
+        return self.advertise_url or f"{self._scheme}://{self.listen}:{self.port}"
 
 
 class LeaseSettings(BaseModel):
@@ -115,6 +123,41 @@ class WebSettings(BaseModel):
     session_timeout: float = Field(8 * 3600.0, gt=0)
 
 
+class TlsSettings(BaseModel):
+    """The API over HTTPS: this agent's certificate and key, and the CA its peers'
+    certificates are checked against (none: the system's trusted CAs). ``plain_http``:
+    no TLS at all, only when an administrator says so (the agent warns in its log)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    plain_http: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file (or neither, with plain_http)")
+        if self.plain_http and self.enabled:
+            raise ValueError("plain_http = true and a certificate: choose one")
+        return self
+
+    def problem(self) -> str | None:
+        """Why an agent may not run with these settings (None: it may)."""
+        if self.enabled or self.plain_http:
+            return None
+        return (
+            "the API is served over TLS: give [tls] cert_file, key_file and ca_file "
+            "(`vigil ca init`, then `vigil ca issue SERVER --address ADDRESS`), or set "
+            "[tls] plain_http = true to serve plain HTTP (tokens then cross the network "
+            "in clear)"
+        )
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: str
@@ -129,10 +172,12 @@ class AgentConfig(BaseModel):
     api: ApiSettings = Field(default_factory=ApiSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @model_validator(mode="after")
     def _names(self) -> AgentConfig:
         check_server_name(self.server)
+        self.api._scheme = "http" if self.tls.plain_http else "https"
         return self
 
 
@@ -168,11 +213,15 @@ def load_config(path: Path) -> AgentConfig:
     """Read and validate an agent configuration file; ``ConfigError`` says what to fix."""
     data = _read_toml(path, "agent configuration")
     try:
-        return AgentConfig.model_validate(data)
+        config = AgentConfig.model_validate(data)
     except PydanticError as exc:
         raise ConfigError(f"agent configuration {path}: {_errors(exc)}") from exc
     except Exception as exc:  # check_server_name raises vigil's ValidationError
         raise ConfigError(f"agent configuration {path}: {exc}") from exc
+    problem = config.tls.problem()
+    if problem:
+        raise ConfigError(f"agent configuration {path}: {problem}")
+    return config
 
 
 def load_tokens(path: Path) -> TokensFile:

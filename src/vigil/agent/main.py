@@ -17,12 +17,14 @@ import signal
 import sys
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from vigil.agent.config import AgentConfig, load_config, load_tokens
 from vigil.agent.daemon import Agent
 from vigil.agent.operations import Operations
+from vigil.agent.tls import client_context, server_context
 from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
 from vigil.errors import VigilError
@@ -99,7 +101,23 @@ async def _reap_orphans() -> None:
                 os.waitpid(first.si_pid, os.WNOHANG)  # noqa: ASYNC222
 
 
+def _tls_options(config: AgentConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings: this agent's certificate and key (checked first, so a wrong
+    file is a message naming it), or none under ``plain_http`` (with a warning)."""
+    tls = config.tls
+    if tls.cert_file is None or tls.key_file is None:
+        log.warning(
+            "the API of %s is served over plain HTTP ([tls] plain_http = true): tokens, "
+            "passwords and session cookies cross the network in clear",
+            config.server,
+        )
+        return {}
+    server_context(tls.cert_file, tls.key_file)  # ConfigError: unusable certificate or key
+    return {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+
+
 async def run(config: AgentConfig) -> None:
+    tls_options = _tls_options(config)  # refuse an unusable certificate before anything starts
     agent = Agent(config)
     tokens = Authenticator(load_tokens(config.tokens_file))
     loop = asyncio.get_running_loop()
@@ -117,9 +135,15 @@ async def run(config: AgentConfig) -> None:
 
         app = create_app(operations, tokens, stop)
         app.state.web = config.web
+        app.state.peer_verify = client_context(config.tls.ca_file)
         server = _ApiServer(
             uvicorn.Config(
-                app, host=config.api.listen, port=config.api.port, log_config=None, lifespan="off"
+                app,
+                host=config.api.listen,
+                port=config.api.port,
+                log_config=None,
+                lifespan="off",
+                **tls_options,
             )
         )
         serving = asyncio.create_task(server.serve())

@@ -6,10 +6,14 @@ Connection settings, first found wins: ``--url``/``--token`` options; the ``VIGI
 
 A client file::
 
-    url = "http://10.0.0.1:7480"
-    urls = ["http://10.0.0.1:7480", "http://10.0.0.2:7480"]   # tried in order
+    url = "https://10.0.0.1:7480"
+    urls = ["https://10.0.0.1:7480", "https://10.0.0.2:7480"]   # tried in order
+    ca_file = "/etc/vigil/tls/ca.pem"   # the cluster CA (else the system's trusted CAs)
     [tokens]
     administrator = "..."
+
+The agents' certificates are checked against the CA in ``VIGIL_CA_FILE``, else the
+``ca_file`` of the client file that gave the URL, else the system's trusted CAs.
 
 Exit codes the CLI guarantees: 0 done; 1 the operation was carried out but failed (e.g. a
 restore failed); 2 refused (bad input, nothing changed); 3 not authorised; 4 no agent
@@ -19,12 +23,16 @@ could be reached.
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from vigil.agent.tls import client_context, describe_tls_error
+from vigil.errors import ConfigError
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_AUTH, EXIT_UNREACHABLE = 1, 2, 3, 4
 
@@ -42,6 +50,17 @@ class CliError(Exception):
 class Connection:
     urls: tuple[str, ...]
     token: str | None
+    #: the CA the agents' certificates are checked against (None: the system's)
+    ca_file: str | None = None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for these agents (plain HTTP URLs need none)."""
+        if not any(url.startswith("https:") for url in self.urls):
+            return True
+        try:
+            return client_context(self.ca_file)
+        except ConfigError as exc:
+            raise CliError(f"{exc} (VIGIL_CA_FILE or the client file's ca_file)", 2) from exc
 
 
 def _client_files() -> list[Path]:
@@ -56,6 +75,7 @@ def _client_files() -> list[Path]:
 def connection(url: str | None, token: str | None) -> Connection:
     url = url or os.environ.get("VIGIL_URL")
     token = token or os.environ.get("VIGIL_TOKEN")
+    ca_file = os.environ.get("VIGIL_CA_FILE")
     for path in _client_files():
         if url and token:
             break
@@ -66,6 +86,7 @@ def connection(url: str | None, token: str | None) -> Connection:
         if not url:
             urls = data.get("urls") or [data.get("url")]
             url = ",".join(u for u in urls if u)
+            ca_file = ca_file or data.get("ca_file")
         if not token:
             tokens = data.get("tokens", {})
             token = tokens.get("administrator") or next(iter(tokens.values()), None)
@@ -74,7 +95,8 @@ def connection(url: str | None, token: str | None) -> Connection:
             "no agent to talk to: give --url (or VIGIL_URL), or start a lab with 'vigil lab up'",
             EXIT_UNREACHABLE,
         )
-    return Connection(tuple(u.strip().rstrip("/") for u in url.split(",") if u.strip()), token)
+    urls = tuple(u.strip().rstrip("/") for u in url.split(",") if u.strip())
+    return Connection(urls, token, ca_file)
 
 
 def request(
@@ -83,13 +105,21 @@ def request(
     """Send one request to the first agent that answers; return the decoded JSON body."""
     headers = {"authorization": f"Bearer {conn.token}"} if conn.token else {}
     last_error = ""
+    verify = conn.verify()
     for base in conn.urls:
         try:
             answer = httpx.request(
-                method, base + path, json=body, headers=headers, timeout=timeout, trust_env=False
+                method,
+                base + path,
+                json=body,
+                headers=headers,
+                timeout=timeout,
+                trust_env=False,
+                verify=verify,
             )
         except httpx.TransportError as exc:
-            last_error = f"{base}: {exc or type(exc).__name__}"
+            why = describe_tls_error(exc)
+            last_error = f"{base}: {why + ': ' if why else ''}{exc or type(exc).__name__}"
             continue
         return _decode(answer)
     raise CliError(f"no agent answered ({last_error})", EXIT_UNREACHABLE)

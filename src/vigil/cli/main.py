@@ -311,6 +311,7 @@ def agent_run(
 
 def _register() -> None:
     from vigil.cli import (  # noqa: F401  (they add commands)
+        ca_commands,
         lab_commands,
         mail_commands,
         mirror_commands,
@@ -318,6 +319,7 @@ def _register() -> None:
     )
 
     app.add_typer(lab_commands.app, name="lab")
+    app.add_typer(ca_commands.app, name="ca")
 
 
 def run() -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from vigil.agent.tls import client_context
 from vigil.errors import LabError
 from vigil.lab import processes
 from vigil.lab.naming import LabNames, api_url
@@ -26,7 +27,8 @@ def wait_healthy(lab: Lab, servers: list[str], timeout: float) -> None:
     urls = {s: api_url(state.servers[s].address) + HEALTH_PATH for s in servers}
     last: dict[str, str] = {}
     # trust_env=False: never send lab traffic to a proxy outside the lab
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
+    verify = client_context(lab.names.ca_file)  # the lab's agents serve HTTPS
+    with httpx.Client(trust_env=False, timeout=1.0, verify=verify) as client:
         while pending:
             for server in list(pending):
                 if lab.agent_pid(server) is None:

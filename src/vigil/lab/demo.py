@@ -46,6 +46,7 @@ def build(lab: Lab) -> Demo:
     for server in info.servers:
         say(f"  {server.name}: {server.address}, agent API {server.api_url}")
     say(f"  the agents seal secret properties in the store with {lab.names.secrets_key_file}")
+    say(f"  their API is HTTPS, with certificates from the lab's CA {lab.names.ca_file}")
     client = lab.add_client(CLIENT)
     say(f"  {client.name}: {client.address}, a mail client (no agent)")
     say("Building the mail organisation (Postfix, Dovecot and OpenLDAP from Debian)...")

@@ -139,6 +139,7 @@ def states_seen_by(demo: Demo, server: str) -> dict[str, dict[str, str]]:
             headers={"authorization": f"Bearer {token}"},
             timeout=2.0,
             trust_env=False,
+            verify=demo.info.ssl_context(),
         )
         views = reply.json()["hierarchies"]
         resources = next(v["resources"] for v in views if TAG in [r["tag"] for r in v["resources"]])

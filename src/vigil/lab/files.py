@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
-from vigil.agent.config import LeaseSettings, load_config, load_tokens
+from vigil.agent.config import LeaseSettings, TlsSettings, load_config, load_tokens
 from vigil.errors import ConfigError, LabError
 
 #: token names and their roles, in the order they are written
@@ -204,11 +204,13 @@ def write_agent_config(
     state_dir: Path,
     tokens_file: Path,
     log_file: Path,
+    tls: TlsSettings,
     lease: LeaseSettings | None = None,
     secrets_key_file: Path | None = None,
 ) -> None:
     """Write one agent's configuration and check that the agent would accept it.
 
+    ``tls``: its ``[tls]`` table (the lab's: a certificate from the lab's CA);
     ``lease``: a ``[lease]`` table with these settings (none: the agent's defaults);
     ``secrets_key_file``: the cluster key that seals secret properties in the store."""
     text = (
@@ -223,6 +225,10 @@ def write_agent_config(
     if secrets_key_file is not None:
         text += f"secrets_key_file = {_toml_str(str(secrets_key_file))}\n"
     text += f"\n[api]\nlisten = {_toml_str(address)}\nport = {port}\n"
+    text += "\n[tls]\n" + "".join(
+        f"{field} = {_toml_str(str(value)) if isinstance(value, Path) else json.dumps(value)}\n"
+        for field, value in tls.model_dump(exclude_none=True).items()
+    )
     if lease is not None:
         text += "\n[lease]\n" + "".join(
             f"{field} = {json.dumps(value)}\n" for field, value in lease.model_dump().items()
@@ -234,12 +240,16 @@ def write_agent_config(
         raise LabError(f"the lab wrote an agent configuration the agent refuses: {exc}") from exc
 
 
-def write_client_file(path: Path, urls: list[str], tokens: dict[str, str]) -> None:
-    """Write the client file the CLI and tests use to find the lab's agents."""
+def write_client_file(
+    path: Path, urls: list[str], tokens: dict[str, str], ca_file: Path | None = None
+) -> None:
+    """Write the client file the CLI and tests use to find the lab's agents; ``ca_file``:
+    the CA their certificates are checked against."""
     lines = [
         "# how to reach this lab's agents (vigil CLI, tests)",
         f"url = {_toml_str(urls[0])}",
         f"urls = {_toml_list(urls)}",
+        *([f"ca_file = {_toml_str(str(ca_file))}"] if ca_file else []),
         "",
         "[tokens]",
         *(f"{role} = {_toml_str(tokens[role])}" for _, role in TOKEN_ROLES if role in tokens),

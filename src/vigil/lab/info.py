@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vigil.agent.tls import client_context
 from vigil.errors import LabError
 
 if TYPE_CHECKING:
@@ -60,6 +62,12 @@ class LabInfo:
     tokens: dict[str, str] = field(repr=False)
     store: str = "embedded"
     store_members: tuple[StoreMemberInfo, ...] = ()
+    #: the lab's CA: every agent's certificate is signed by it
+    ca_file: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts the lab's agents (and nothing else)."""
+        return client_context(self.ca_file)
 
     @property
     def url(self) -> str:

@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from vigil.agent.config import LeaseSettings
+from vigil.agent.ca import init_ca, issue
+from vigil.agent.config import LeaseSettings, TlsSettings
 from vigil.agent.secrets import generate_key_file
 from vigil.errors import LabError
 from vigil.lab import (
@@ -179,6 +180,7 @@ class Lab:
         names.root.mkdir(mode=0o755, parents=True)
         tokens = files.write_tokens(names.tokens_file)
         generate_key_file(names.secrets_key_file)
+        init_ca(names.tls_dir, f"vigil lab {names.name} CA")
         members = etcd.member_names(store_members)
         state = files.LabState(
             name=names.name,
@@ -206,7 +208,8 @@ class Lab:
             files.save_state(names.state_file, state)
             self._build_server(server, state.store_url or names.store_url, lease)
         etcd.build(names, state, store_members)
-        files.write_client_file(names.client_file, [names.api_url(s) for s in servers], tokens)
+        urls = [names.api_url(s) for s in servers]
+        files.write_client_file(names.client_file, urls, tokens, names.ca_file)
 
     def _build_server(self, server: str, store_url: str, lease: LeaseSettings | None) -> None:
         names = self.names
@@ -225,6 +228,10 @@ class Lab:
         )
         state_dir = names.server_dir(server) / "state"
         state_dir.mkdir(parents=True, exist_ok=True)
+        issued = issue(names.tls_dir, server, [names.address(server)])
+        tls = TlsSettings(
+            cert_file=issued.cert_file, key_file=issued.key_file, ca_file=names.ca_file
+        )
         files.write_agent_config(
             names.config_file(server),
             server=server,
@@ -235,6 +242,7 @@ class Lab:
             tokens_file=names.tokens_file,
             log_file=names.server_dir(server) / "agent.log",
             secrets_key_file=names.secrets_key_file,
+            tls=tls,
             lease=lease,
         )
 
@@ -526,6 +534,7 @@ class Lab:
             store_url=state.store_url or names.store_url,
             client_file=names.client_file,
             tokens_file=names.tokens_file,
+            ca_file=names.ca_file,
             servers=servers,
             tokens=files.read_tokens(names.tokens_file),
             store=state.store,

@@ -154,6 +154,22 @@ class LabNames:
         return self.root / "tokens.toml"
 
     @property
+    def tls_dir(self) -> Path:
+        """The lab's CA (``ca.pem``, ``ca.key``) and each server's certificate and key."""
+        return self.root / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The lab's CA certificate: agents and clients check the agents' certificates."""
+        return self.tls_dir / "ca.pem"
+
+    def cert_file(self, server: str) -> Path:
+        return self.tls_dir / f"{server}.pem"
+
+    def key_file(self, server: str) -> Path:
+        return self.tls_dir / f"{server}.key"
+
+    @property
     def client_file(self) -> Path:
         return self.root / "client.toml"
 
@@ -263,5 +279,5 @@ class LabNames:
 
 
 def api_url(address: str) -> str:
-    """The agent API URL of a lab server with ``address``."""
-    return f"http://{address}:{API_PORT}"
+    """The agent API URL of a lab server with ``address`` (HTTPS: the lab runs with TLS)."""
+    return f"https://{address}:{API_PORT}"

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from vigil.agent.tls import client_context
 from vigil.errors import LabError
 from vigil.lab import etcd, files, namespaces, network, processes, teardown
 from vigil.lab.info import LabStatus, ServerStatus
@@ -35,7 +36,8 @@ def lab_status(lab: Lab, *, check_api: bool = False) -> LabStatus:
     if names.mount_dir.is_dir():
         servers |= {p.name for p in names.mount_dir.iterdir() if is_server_name(p.name)}
     result = []
-    with httpx.Client(trust_env=False, timeout=0.5) as client:
+    verify = client_context(names.ca_file) if names.ca_file.exists() else False
+    with httpx.Client(trust_env=False, timeout=0.5, verify=verify) as client:
         for server in sorted(servers, key=server_number):
             record = state.servers.get(server) if state else None
             net_key = namespaces.ns_key_of_kind(names.netns_path(server), "net")
