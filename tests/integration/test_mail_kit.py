@@ -188,6 +188,51 @@ def test_a_message_sent_again_after_a_lost_250_is_delivered_once(
     assert "Error: sieve" not in log, "the deduplication script is compiled for the server"
 
 
+def test_a_message_delivered_but_left_queued_by_a_dead_postfix_is_not_delivered_again(
+    lab: tuple[Cluster, MailOrgInfo],
+) -> None:
+    """A Postfix killed between Dovecot's answer and its own note in the queue file leaves
+    the message in the active queue: the next start of Postfix removes it (it is in the
+    mailbox already) instead of delivering it twice. Made by hand here: a message held in
+    the queue, a copy saved in the mailbox, the queue file moved to ``active``."""
+    cluster, org = lab
+    user, node = org.users[6], "node1"
+    postfix = ["postfix", "-c", POSTFIX]
+    cluster.stop_agent(node, leave_resources=True)  # maintenance: nothing restarts Postfix
+    try:
+        postconf(cluster, node, "defer_transports = lmtp")
+        cluster.lab.exec(node, ["sh", "-c", f"{' '.join(postfix)} reload >/dev/null 2>&1"])
+        message_id = "<vigil-in-flight-test@lab.example>"
+        org.send(node, user, "in flight", via="127.0.0.1", message_id=message_id)
+        saved = (
+            f"From: t@{org.domain}\nTo: {user.address}\nMessage-ID: {message_id}\n"
+            "Subject: in flight\n\nin flight\n"
+        )
+        cluster.lab.exec(
+            node, ["doveadm", "-c", str(org.dovecot_conf), "save", "-u", user.address],
+            input=saved.encode(), check=True,
+        )  # fmt: skip
+        queued = cluster.lab.exec(
+            node, ["sh", "-c", f"ls {org.queue_dir}/deferred/*/"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(queued) == 1, queued
+        cluster.lab.exec(node, ["sh", "-c", f"{' '.join(postfix)} stop >/dev/null 2>&1"])
+        postconf(cluster, node, "defer_transports =")
+        move = f"mv {org.queue_dir}/deferred/*/{queued[0]} {org.queue_dir}/active/"
+        cluster.lab.exec(node, ["sh", "-c", move], check=True)
+        mark = cluster.mark()
+    finally:
+        cluster.start_agent(node)
+    try:
+        cluster.wait_event(mark, "mail-in-flight-settled", text=queued[0], timeout=60)
+    except AssertionError:
+        print(cluster.agent_log(node)[-6000:])
+        raise
+    wait_in_service(cluster, node)
+    subjects = [s for _, s in org.fetch("client1", user)]
+    assert subjects.count("in flight") == 1, subjects
+
+
 # --- extend --------------------------------------------------------------------------------
 
 

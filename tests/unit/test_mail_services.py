@@ -86,3 +86,24 @@ async def test_a_probe_names_the_hop_that_failed() -> None:
     assert f"SMTP 127.0.0.1:{port}" in result.detail
     heard = await greeting("220", "127.0.0.1", port)
     assert not heard.ok and "refused" in heard.detail.lower()
+
+
+def test_a_queue_file_tells_its_message_id_and_the_recipients_still_pending() -> None:
+    from vigil.kits.mail.inflight import parse_postcat
+
+    text = """*** ENVELOPE RECORDS active/8CE8133 ***
+sender: t@lab.example
+original_recipient: user001@lab.example
+done_recipient: user001@lab.example
+original_recipient: user002@lab.example
+recipient: user002@lab.example
+*** MESSAGE CONTENTS active/8CE8133 ***
+Received: from [127.0.0.1]
+Message-ID: <abc@x>
+Subject: recipient: not an envelope record
+*** HEADER EXTRACTED active/8CE8133 ***
+"""
+    message = parse_postcat("8CE8133", text)
+    assert message.message_id == "<abc@x>"
+    assert message.pending == ("user002@lab.example",)
+    assert parse_postcat("X", "recipient: a@b\n").message_id == ""

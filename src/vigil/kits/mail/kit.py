@@ -15,7 +15,9 @@ can_extend     the same checks on the backup, and its configuration compared wit
                primary's: each difference a change to make (``--fix`` makes them, but
                never for a second primary of an N+1 backup); proposes the backup's
                home value (its first address)
-restore        Dovecot, the optional services, Postfix, each up within ``max_wait``;
+restore        Dovecot, the optional services, Postfix, each up within ``max_wait``
+               (before Postfix: messages the last server delivered but left queued are
+               removed from the queue, ``inflight``);
                then users are moved home here and the front-ends flushed (never fatal:
                users that cannot be moved go to the failed-users log, retried)
 remove         Postfix, the optional services, Dovecot, each gone within ``max_wait``
@@ -52,7 +54,7 @@ from vigil.kits.base import (
     Timeouts,
     stop_cgroup,
 )
-from vigil.kits.mail import config, fix, validation
+from vigil.kits.mail import config, fix, inflight, validation
 from vigil.kits.mail.probes import Probe, ProbeResult, round_trip
 from vigil.kits.mail.properties import HomeMode, MailProperties
 from vigil.kits.mail.rehoming import Rehomer, home_values
@@ -193,8 +195,14 @@ class MailKit(Kit[MailProperties]):
         props = ctx.properties
         await self._same_queue(ctx, props)
         for service in await self._services(ctx):
-            await service.start(ctx)
+            await self._start(ctx, service)
         await self.rehomer.on_restore(ctx, props)
+
+    async def _start(self, ctx: KitContext[MailProperties], service: Service) -> None:
+        if service.name == "postfix" and not await service.running(ctx):
+            # Dovecot runs: what a Postfix that died delivered but left queued goes now
+            await inflight.settle_in_flight(ctx)
+        await service.start(ctx)
 
     async def _same_queue(self, ctx: KitContext[MailProperties], props: MailProperties) -> None:
         """A server whose Postfix queues elsewhere than on the hierarchy's volume would
@@ -282,7 +290,7 @@ class MailKit(Kit[MailProperties]):
                         "%s: restarting %s: %s", ctx.tag, service.name, failed[service.name]
                     )
                     await service.stop(ctx)
-                    await service.start(ctx)
+                    await self._start(ctx, service)
 
         return await self.recover_by(ctx, restart_failed)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vigil.errors import KitError, Severity
 from vigil.kits.mail import config
+from vigil.kits.mail.services import live_pid
 from vigil.kits.process import Logger, pid_alive, run_command
 
 __all__ = ["path_problems", "relocate_queue"]
@@ -92,11 +93,7 @@ def _files(root: str) -> set[str]:
 
 
 def _master_pid(queue: str) -> int | None:
-    try:
-        text = Path(queue, "pid", "master.pid").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+    return live_pid(Path(queue, "pid", "master.pid"), "master")
 
 
 async def _gone(pid: int) -> None:

@@ -29,7 +29,7 @@ from vigil.kits.mail.probes import greeting
 from vigil.kits.mail.properties import MailProperties, OptionalService
 from vigil.kits.process import pid_alive, run_command
 
-__all__ = ["KNOWN_SERVICES", "Endpoint", "Service", "services_in_start_order"]
+__all__ = ["KNOWN_SERVICES", "Endpoint", "Service", "live_pid", "services_in_start_order"]
 
 #: seconds between two looks at a service that is starting or stopping
 POLL = 0.1
@@ -228,7 +228,7 @@ class Postfix(Service):
 
     def pid(self) -> int | None:
         queue = self.props.setting("postfix:queue_directory")
-        return _read_pid(Path(queue) / "pid" / "master.pid") if queue else None
+        return live_pid(Path(queue) / "pid" / "master.pid", "master") if queue else None
 
     def log_file(self) -> str:
         return self.props.setting("record:postfix:maillog_file")
@@ -260,7 +260,7 @@ class Dovecot(Service):
 
     def pid(self) -> int | None:
         base = self.props.setting("record:dovecot:base_dir")
-        return _read_pid(Path(base) / "master.pid") if base else None
+        return live_pid(Path(base) / "master.pid", "dovecot") if base else None
 
     def log_file(self) -> str:
         return self.props.setting("record:dovecot:log_path")
@@ -281,6 +281,13 @@ class Dovecot(Service):
         return Check.running(", ".join(h.detail for h in heard))
 
     async def _start(self, ctx: KitContext[MailProperties]) -> None:
+        base = self.props.setting("record:dovecot:base_dir")
+        pid_file = Path(base) / "master.pid"
+        removed: bool = bool(base) and await asyncio.to_thread(
+            remove_stale_pid, pid_file, "dovecot"
+        )
+        if removed:
+            ctx.log.info("%s: removed Dovecot's stale pid file (its process is gone)", ctx.tag)
         await self._command(ctx, ["dovecot", "-c", self.props.dovecot_config], "dovecot start")
 
     async def _stop(self, ctx: KitContext[MailProperties], force: bool) -> None:
@@ -362,12 +369,35 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " / ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
 
-def _read_pid(path: Path) -> int | None:
+def live_pid(path: Path, name: str) -> int | None:
+    """The pid in ``path`` when it is a live process called ``name`` in this thread's
+    network namespace; else None. A pid file outlives its process: after a crash or a
+    fence its number may belong to another process, and a queue's pid file on a shared
+    volume may name the process of another server."""
     try:
         text = path.read_text().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        theirs = os.stat(f"/proc/{pid}/ns/net").st_ino
+        ours = os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return None
+    return pid if comm == name and theirs == ours else None
+
+
+def remove_stale_pid(path: Path, name: str) -> bool:
+    """Remove ``path`` when it names no live ``name`` here (Dovecot refuses to start
+    while its pid file names any live process); True when removed."""
+    if not path.exists() or live_pid(path, name) is not None:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True
 
 
 def _kill(pid: int | None) -> None:

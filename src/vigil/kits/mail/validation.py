@@ -214,7 +214,7 @@ async def _volume_child(
             "on a filesystem on a shared or replicated disk"
         )
     try:
-        fs = await probe_filesystem(device, ctx.log)
+        fs = await probe_filesystem(device, _UNITS_LOG)  # blkid prints every tag: kept quiet
     except KitError as exc:
         return f"{mount.mount_point}: {exc}"
     if fs is None or not fs.uuid:
