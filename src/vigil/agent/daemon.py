@@ -32,6 +32,7 @@ from vigil.agent.failsafe import Failsafe
 from vigil.agent.fencing import Cgroups, FencePlan, ensure_guard
 from vigil.agent.kitrunner import KitRunner
 from vigil.agent.lease import LeaseKeeper
+from vigil.agent.metrics import AgentMetrics
 from vigil.agent.paths import PathMonitor
 from vigil.agent.probe import probe
 from vigil.agent.secrets import SecretBox
@@ -74,6 +75,8 @@ class Agent:
         self._template: tuple[object, FencePlan] | None = None
         self._stopping = asyncio.Event()
         self.started_at = time.time()
+        #: what the agent measures for Prometheus (GET /metrics)
+        self.metrics = AgentMetrics(self.server)
 
     @property
     def cluster(self) -> Cluster:
@@ -88,9 +91,11 @@ class Agent:
         for error in self.kits.errors:
             log.error("%s", error)
         settings = self.config.lease
-        self.store = await self._open_store(STORE_TIMEOUT)
+        self.store = self.metrics.instrument(await self._open_store(STORE_TIMEOUT), "general")
         # a connection of its own, so a slow request never delays a renewal
-        self.lease_store = await self._open_store(settings.request_timeout)
+        self.lease_store = self.metrics.instrument(
+            await self._open_store(settings.request_timeout), "lease"
+        )
         # failsafe: hold the lease through a store outage every agent confirms
         self.failsafe = Failsafe.for_agent(self.config, lambda: self.cluster)
         self.lease = LeaseKeeper(
@@ -110,6 +115,7 @@ class Agent:
             self.cgroups,
         )
         runner.secrets = SecretBox(self.config.secrets_key_file)  # ConfigError: unusable key
+        runner.measure = self.metrics.kit_action
         self.actor = Actor(
             self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
         )

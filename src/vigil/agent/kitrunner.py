@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +60,8 @@ class KitRunner:
         self.view: Callable[[], Cluster] | None = None
         #: records an event (kind, message, hierarchy) in the cluster event log
         self.notify: Callable[..., Awaitable[None]] | None = None
+        #: told every action's (action, kit, tag, seconds, outcome), for the metrics
+        self.measure: Callable[[str, str, str, float, str], None] | None = None
 
     def kit(self, name: str) -> Kit[KitProperties]:
         return self.kits.get(name)
@@ -140,9 +143,13 @@ class KitRunner:
     ) -> T:
         """Run ``call(ctx)`` (a bound kit action) within the action's timeout."""
         timeout = kit.timeout(action, ctx.properties)
+        started, outcome = time.monotonic(), "error"
         try:
-            return await asyncio.wait_for(call(ctx), timeout)
+            result = await asyncio.wait_for(call(ctx), timeout)
+            outcome = result.status.value if isinstance(result, Check) else "ok"
+            return result
         except TimeoutError as exc:
+            outcome = "timeout"
             raise KitTimeout(
                 f"{action} of {ctx.tag} ({kit.name}) on {self.server} did not finish "
                 f"within {timeout:g}s and was stopped",
@@ -159,6 +166,9 @@ class KitRunner:
                 f"{type(exc).__name__}: {exc}",
                 Severity.HARD,
             ) from exc
+        finally:
+            if self.measure is not None:
+                self.measure(str(action), kit.name, ctx.tag, time.monotonic() - started, outcome)
 
     # thin, typed shortcuts for the common actions
 

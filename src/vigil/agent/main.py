@@ -136,6 +136,7 @@ async def run(config: AgentConfig) -> None:
         app = create_app(operations, tokens, stop)
         app.state.web = config.web
         app.state.peer_verify = client_context(config.tls.ca_file)
+        app.state.metrics = agent.metrics
         server = _ApiServer(
             uvicorn.Config(
                 app,

@@ -1,6 +1,7 @@
 """The REST API every agent serves (FastAPI; OpenAPI at ``/openapi.json``), assembled from
 one router per area (health, status, comm paths, resources, hierarchies, recovery, mail,
-mirror) and the web UI's (``vigil.web``).
+mirror, audit, secrets, metrics) and the web UI's (``vigil.web``). Every change asked and
+every refusal is recorded in the audit log (``vigil.api.audit``).
 
 Any agent answers for the whole cluster: status views come from the agent's cached view of
 the store (kept current by its watch), changes are validated on a fresh read and written
@@ -20,16 +21,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from vigil import __version__, web
+from vigil.agent.audit import AuditLog
+from vigil.agent.metrics import AgentMetrics
 from vigil.agent.operations import Operations
 from vigil.api import (
+    audit,
     commpaths,
     health,
     hierarchies,
     mail,
+    metrics,
     mirror,
     recovery,
     resources,
     schemas,
+    secrets,
     status,
 )
 from vigil.api.auth import Authenticator
@@ -58,7 +64,13 @@ def create_app(
     app.state.auth = auth
     app.state.operations = operations
     app.state.stop_agent = stop_agent or (lambda leave_resources: None)
+    # every change asked and every refusal, kept apart from the event log (vigil.api.audit)
+    app.state.audit = AuditLog(operations.store, operations.server)
+    app.state.metrics = AgentMetrics(operations.server)  # the agent gives its own
+    app.add_middleware(audit.AuditMiddleware)
     for area in (recovery, mail, mirror, web, health, status, commpaths, resources, hierarchies):
+        app.include_router(area.router)
+    for area in (audit, secrets, metrics):  # issue 13: audit, key rotation, /metrics
         app.include_router(area.router)
     return app
 

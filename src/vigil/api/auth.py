@@ -61,9 +61,12 @@ async def _caller(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
     if not authorization and COOKIE in request.cookies:
-        return Caller(*await session_caller(request))
-    authenticator: Authenticator = request.app.state.auth
-    return authenticator.caller(authorization)
+        caller = Caller(*await session_caller(request))
+    else:
+        authenticator: Authenticator = request.app.state.auth
+        caller = authenticator.caller(authorization)
+    request.state.caller = caller  # for the audit log (vigil.api.audit)
+    return caller
 
 
 #: the authenticated caller of a route (a FastAPI dependency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vigil.agent.secrets import SEALED_PREFIX
 from vigil.api.schemas import (
     CommPathView,
     HierarchyView,
@@ -37,7 +38,12 @@ def status_view(cluster: Cluster, secrets: Secrets = no_secrets) -> StatusView:
 
 
 def _masked(values: Mapping[str, Any], secret: set[str]) -> dict[str, Any]:
-    return {k: (MASK if k in secret else v) for k, v in values.items()}
+    """``values`` with every secret field masked, and any sealed value (a secret of a kit
+    that is not loaded here, or no longer declares it) too."""
+    return {
+        k: (MASK if k in secret or (isinstance(v, str) and v.startswith(SEALED_PREFIX)) else v)
+        for k, v in values.items()
+    }
 
 
 def resource_view(cluster: Cluster, tag: str, secrets: Secrets = no_secrets) -> ResourceView:
