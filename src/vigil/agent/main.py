@@ -24,6 +24,7 @@ import uvicorn
 from vigil.agent.config import AgentConfig, load_config, load_tokens
 from vigil.agent.daemon import Agent
 from vigil.agent.operations import Operations
+from vigil.agent.systemd import JournalFormatter, under_journald
 from vigil.agent.tls import client_context, server_context
 from vigil.api.app import create_app
 from vigil.api.auth import Authenticator
@@ -38,8 +39,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 def setup_logging(
     log_file: Path | None, level: int = logging.INFO
 ) -> logging.handlers.QueueListener:
-    """One readable line per record, written off the event loop."""
+    """One readable line per record, written off the event loop; under systemd without a
+    log file, lines the journal reads its priority from (``vigil.agent.systemd``)."""
     formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if log_file is None and under_journald():
+        formatter = JournalFormatter()
     target: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

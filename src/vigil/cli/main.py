@@ -315,6 +315,7 @@ def _register() -> None:
         lab_commands,
         mail_commands,
         mirror_commands,
+        ops_commands,
         recovery_commands,
     )
 
