@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil.agent.audit import AuditEntry, AuditLog, outcome_of
 from vigil.agent.operations import Operations
+from vigil.agent.secrets import SEALED_PREFIX
 from vigil.api.auth import Who
 from vigil.api.forward import FORWARDED_BY, FORWARDED_FOR
 
@@ -35,6 +36,12 @@ MAX_ANSWER = 4096
 MAX_VALUE = 80
 _SECRET_NAME = re.compile(r"pass|secret|token|key|cookie|csrf", re.IGNORECASE)
 _NAMES_ONLY = ("properties", "server_properties", "values")
+#: a sealed secret (``vigil.agent.secrets``) quoted anywhere in what is recorded
+_SEALED = re.compile(re.escape(SEALED_PREFIX) + r"[A-Za-z0-9_=\-]*")
+
+
+def _masked(text: str) -> str:
+    return _SEALED.sub("********", text)
 
 
 def _value(name: str, value: Any) -> str:
@@ -165,10 +172,10 @@ class AuditMiddleware:
                 forwarded_by=forwarded_by,
                 method=method,
                 path=path,
-                what=f"{method} {path}" + (f" ({summary})" if summary else ""),
+                what=_masked(f"{method} {path}" + (f" ({summary})" if summary else "")),
                 outcome=outcome_of(status),
                 status=status,
-                detail=_error_of(answer),
+                detail=_masked(_error_of(answer)),
             )
         )
 
