@@ -19,7 +19,7 @@ from vigil.agent.kitrunner import KitRunner
 from vigil.agent.operations import Operations
 from vigil.agent.secrets import SEALED_PREFIX, SecretBox, add_key, generate_key_file, retire_keys
 from vigil.api.app import create_app
-from vigil.api.audit import summarize
+from vigil.api.audit import _login_user, summarize
 from vigil.kits.app import AppKit
 from vigil.kits.registry import KitRegistry
 from vigil.model.records import (

@@ -91,6 +91,16 @@ def _error_of(answer: bytes) -> str:
     return str(message)[:500] if message else ""
 
 
+def _login_user(path: str, body: bytes, headers: dict[str, str]) -> str:
+    """Who a request without valid credentials claims to be: the user name of a web login
+    (its password is never read here), else nobody."""
+    if path == "/ui/login" and "x-www-form-urlencoded" in headers.get("content-type", ""):
+        user = dict(parse_qsl(body.decode(errors="replace"))).get("user", "").strip()
+        if user:
+            return f"{user[:64]} (web login)"
+    return "(no valid credentials)"
+
+
 def _cluster_addresses(operations: Operations | None) -> set[str]:
     """The addresses of the cluster's servers (whose forwarding headers are believed)."""
     if operations is None or not operations.cache.loaded:
@@ -159,6 +169,7 @@ class AuditMiddleware:
             forwarded_by = headers[FORWARDED_BY]
             address = headers.get(FORWARDED_FOR) or address
         caller = state.get("caller")
+        who = getattr(caller, "name", None) or _login_user(scope["path"], body, headers)
         query = scope.get("query_string", b"").decode("latin-1")
         path = scope["path"] + (f"?{query}" if query else "")
         summary = summarize(body, headers.get("content-type", ""))
@@ -166,7 +177,7 @@ class AuditMiddleware:
             AuditEntry(
                 at=time.time(),
                 server=audit.server,
-                who=getattr(caller, "name", "(no valid credentials)"),
+                who=who,
                 role=getattr(caller, "role", "-"),
                 address=address,
                 forwarded_by=forwarded_by,
