@@ -125,6 +125,9 @@ async def test_the_audit_keeps_no_property_value_nor_secret(api: Api) -> None:
     assert summarize(b"user=ann&password=pw3", "application/x-www-form-urlencoded") == (
         "user, password=********"
     )
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert _login_user("/ui/login", b"user=ann&password=pw3", form) == "ann (web login)"
+    assert _login_user("/v1/resources", b"user=ann", form) == "(no valid credentials)"
     async with api.client() as admin:
         await admin.post(
             "/v1/resources", content=body, headers={"content-type": "application/json"}
