@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ COMMAND_TIMEOUT = 30.0
 #: their output stays out of the agent log (the result is logged once)
 _LOG = logging.getLogger("vigil.kit.mail.inflight")
 _LOG.setLevel(logging.WARNING)
+_FOUND = re.compile(r"[0-9a-f]{32} [0-9]+")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ async def _in_mailbox(props: MailProperties, recipient: str, message_id: str) ->
         "mailbox", "*", "HEADER", "Message-ID", message_id,
     ]  # fmt: skip
     result = await run_command(argv, log=_LOG, timeout=COMMAND_TIMEOUT, name="doveadm search")
-    return result.ok and bool(result.output.strip())
+    # only a found message's "<mailbox guid> <uid>" line counts: a warning doveadm prints
+    # (merged into the output) must never pass for a delivery, or the mail would be lost
+    return result.ok and any(_FOUND.fullmatch(line.strip()) for line in result.output.splitlines())
 
 
 def _delete(queue: Path, queue_id: str) -> bool:
