@@ -248,7 +248,8 @@ def test_blocked_failover_forced_then_split_brain_resolved(mirror: MirrorLab, st
     assert (
         split["source"] == "node2" and split["target_regions"] > 0 and split["source_regions"] > 0
     )
-    assert mirror.server("node1")["state"] == "Broken" and mirror.states()["node2"] == "ISP"
+    wait(lambda: mirror.server("node1")["state"] == "Broken", 10, "the source to see node1 Broken")
+    assert mirror.states()["node2"] == "ISP"
     before = len(mirror.resyncs())
     done = api.ok("POST", f"/v1/mirror/{TAG}/resolve", {"keep": "node2"})
     assert any("discarded" in step for step in done["done"]), done

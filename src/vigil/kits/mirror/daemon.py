@@ -81,6 +81,8 @@ def run_source(config: DaemonConfig, paths: MirrorPaths) -> None:
         with src.order_lock:
             for session in list(src.sessions.values()):
                 session.abandon()
+            if src.writer is not None:
+                src.writer.close()
             os.fdatasync(src.disk)
             for record in src.records.values():
                 record.dirty.persist()

@@ -22,6 +22,7 @@ import os
 import select
 import stat
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ class Fuse:
         self._heads = [bytearray(WRITE_HEAD) for _ in range(pool)]
         self._data = [mmap.mmap(-1, MAX_WRITE + 4096) for _ in range(pool)]
         self._free = list(range(pool))
+        self._freed = threading.Event()
         self.started = time.time()
 
     # --- mounting -------------------------------------------------------------------------
@@ -127,16 +129,20 @@ class Fuse:
     # --- requests -------------------------------------------------------------------------
 
     def release(self, request: Request) -> None:
-        """The request's buffer may be reused."""
+        """The request's buffer may be reused (from any thread)."""
         if request.buffer >= 0:
             self._free.append(request.buffer)
             request.buffer = -1
+            self._freed.set()
 
     def read_batch(self, wait: float) -> list[Request]:
         """Every request waiting (as many as there are free buffers), after waiting up to
         ``wait`` seconds for the first. Requests the filesystem answers itself (lookup,
         attributes...) are answered here and not returned. ``FuseGone`` once unmounted."""
         batch: list[Request] = []
+        if not self._free:  # every buffer holds a write still going to the disk
+            self._freed.wait(wait)
+            self._freed.clear()
         while self._free:
             index = self._free.pop()
             try:

@@ -229,6 +229,8 @@ class Session:
             self.wait_room(length, share=0.5)
             self.bucket.take(0)
             with source.order_lock:
+                if source.writer is not None:  # a write to this region lands first
+                    source.writer.wait_range(offset, length)
                 data = os.pread(source.disk, length, offset)
                 payload, flags = compress(data) if compressing else (data, 0)
                 frame = Link.frame(Kind.RESYNC, source.next_seq(), offset, payload, flags)

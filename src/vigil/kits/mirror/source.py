@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vigil.kits.mirror import source_tasks
@@ -36,6 +37,7 @@ from vigil.kits.mirror.meta import MirrorMeta, MirrorPaths, ResyncRecord, Target
 from vigil.kits.mirror.regions import ActivityLog, RegionMap, region_count
 from vigil.kits.mirror.sessions import Session
 from vigil.kits.mirror.wire import Kind, Link, compress
+from vigil.kits.mirror.writer import DiskWriter
 
 __all__ = ["Record", "Source"]
 
@@ -44,7 +46,6 @@ log = logging.getLogger("vigil.mirror")
 #: writes at least this large (and aligned) go to the disk with O_DIRECT (no copy into the
 #: page cache); smaller ones are buffered (a copy is cheaper than waiting for the device)
 _DIRECT_MIN = 64 * 1024
-_ALIGN = 4096
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Pending:
     seq: int
     unique: int
     size: int  # written bytes; -1 for a flush
+    ticket: int  # the disk writer's ticket of the write (of the last write, for a flush)
 
 
 class Source:
@@ -98,11 +100,12 @@ class Source:
         self.tracked: list[Record] = []
         self.local_flushed = 0
         self.flush_wanted = threading.Condition()
-        self.flush_asked = 0
+        self.flush_asked = (0, 0)  # (frame number, the writer's ticket then)
         self.stopping = threading.Event()
         self.meta: MirrorMeta | None = None
         self.disk = -1
         self._direct = -1
+        self.writer: DiskWriter | None = None
         self.activity = ActivityLog(RegionMap(self.count))
         self.fuse = Fuse(paths.fuse_dir, config.size, f"vigil-mirror:{config.tag}")
 
@@ -122,6 +125,8 @@ class Source:
             )
         self.disk = os.open(self.config.disk, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
         self._direct = os.open(self.config.disk, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        self.writer = DiskWriter(self.disk, self._direct, _DIRECT_MIN)
+        self.writer.on_done(lambda done: self.complete())
         self.activity = ActivityLog(RegionMap.load(self.count, self.paths.activity))
         previous = meta.lineage[0] if meta.lineage else None
         waiting = self._records(meta, previous)
@@ -219,6 +224,9 @@ class Source:
     def serve(self) -> None:
         """Serve the device until it is unmounted or ``stopping`` is set."""
         while not self.stopping.is_set():
+            if self.writer is not None and self.writer.error is not None:
+                # nothing after a failed write is answered (``complete``): end the source
+                raise OSError(f"writing the disk {self.config.disk} failed: {self.writer.error}")
             try:
                 batch = self.fuse.read_batch(0.25)
             except FuseGone:
@@ -235,14 +243,16 @@ class Source:
             self._mark(batch)
             for request in batch:
                 if request.opcode == OP_WRITE:
-                    assert request.data is not None
-                    self._write_local(request.data, request.offset)
+                    assert request.data is not None and self.writer is not None
+                    ticket = self.writer.submit(
+                        request.offset, request.data, self._release(request)
+                    )
                     payload, flags = (
                         compress(request.data) if self.config.compression else (request.data, 0)
                     )
                     seq = self.next_seq()
                     parts += Link.frame(Kind.WRITE, seq, request.offset, payload, flags)
-                    entries.append(_Pending(seq, request.unique, request.size))
+                    entries.append(_Pending(seq, request.unique, request.size, ticket))
                     nbytes += len(payload)
                 elif request.opcode == OP_READ:
                     size = max(0, min(request.size, self.size - request.offset))
@@ -250,16 +260,15 @@ class Source:
                 elif request.opcode == OP_FSYNC:
                     seq = self.next_seq()
                     parts += Link.frame(Kind.FLUSH, seq)
-                    entries.append(_Pending(seq, request.unique, -1))
+                    assert self.writer is not None
+                    entries.append(_Pending(seq, request.unique, -1, self.writer.issued))
                     with self.flush_wanted:
-                        self.flush_asked = seq
+                        self.flush_asked = (seq, self.writer.issued)
                         self.flush_wanted.notify()
             with self.state_lock:
                 self.pending.extend(entries)
             if parts:
                 self._deliver(parts, nbytes)
-        for request in batch:
-            self.fuse.release(request)
         self.complete()
 
     def _mark(self, batch: list[Request]) -> None:
@@ -275,14 +284,10 @@ class Source:
                 record.unsaved.update(record.dirty.mark(first, last))
         self.activity.persist(new)
 
-    def _write_local(self, data: memoryview, offset: int) -> None:
-        size = len(data)
-        fd = self.disk
-        if size >= _DIRECT_MIN and not (offset | size) % _ALIGN:
-            fd = self._direct
-        done = os.pwrite(fd, data, offset)
-        while done < size:  # a block device writes everything; be safe anyway
-            done += os.pwrite(fd, data[done:], offset + done)
+    def _release(self, request: Request) -> Callable[[int], None]:
+        """What frees a write's buffer once the write is on the local disk (its frames
+        were sent or copied by then: ``handle`` delivers before it reads again)."""
+        return lambda ticket: self.fuse.release(request)
 
     def _deliver(self, parts: list[bytes | memoryview], nbytes: int) -> None:
         """Hand frames to every live session, in order (callers hold ``order_lock``)."""
@@ -295,15 +300,18 @@ class Source:
                         session.direct, session.want_direct = True, False
 
     def flusher(self) -> None:
-        """Thread: flush the local disk whenever a flush was asked for."""
+        """Thread: flush the local disk whenever a flush was asked for, once every write
+        before it is written."""
+        assert self.writer is not None
         while not self.stopping.is_set():
             with self.flush_wanted:
-                while self.flush_asked <= self.local_flushed and not self.stopping.is_set():
+                while self.flush_asked[0] <= self.local_flushed and not self.stopping.is_set():
                     self.flush_wanted.wait(0.5)
-                target = self.flush_asked
-            if target > self.local_flushed:
+                seq, ticket = self.flush_asked
+            if seq > self.local_flushed:
+                self.writer.wait_upto(ticket)
                 os.fdatasync(self.disk)
-                self.local_flushed = target
+                self.local_flushed = seq
                 self.complete()
 
     # --- completion -----------------------------------------------------------------------
@@ -316,9 +324,16 @@ class Source:
             for server in self.required:
                 session = self.sessions.get(server)
                 floor = min(floor, session.acked if session and session.live else 0)
+            written = self.writer.done if self.writer is not None else 0
+            if self.writer is not None and self.writer.error is not None:
+                # read after ``done``: a write the local disk refused counts as done but
+                # is never acknowledged (``serve`` then ends the source)
+                return
             while self.pending and self.pending[0].seq <= floor:
                 head = self.pending[0]
                 if head.size < 0 and self.local_flushed < head.seq:
+                    break
+                if head.ticket > written:
                     break
                 done.append(self.pending.popleft())
         for entry in done:

@@ -18,7 +18,9 @@ on while it was not running), unless an operator forced it.
 
 from __future__ import annotations
 
+import collections
 import logging
+import mmap
 import os
 import socket
 import threading
@@ -31,6 +33,7 @@ from vigil.kits.mirror.meta import MirrorMeta, MirrorPaths, SplitBrain, TargetSt
 from vigil.kits.mirror.regions import ActivityLog, RegionMap, region_count
 from vigil.kits.mirror.sessions import HB_TIMEOUT
 from vigil.kits.mirror.wire import Kind, Link, LinkClosed, nonce, proof
+from vigil.kits.mirror.writer import DiskWriter
 
 __all__ = ["MARGIN", "Receiver"]
 
@@ -42,7 +45,11 @@ MARGIN = 3.0
 SEARCH_PAUSE = 0.5
 #: write the remaining-resync map (after flushing the disk) at most this often
 CHECKPOINT = 1.0
-_DIRECT_MIN, _ALIGN = 64 * 1024, 4096
+#: seconds the acknowledger waits for more writes to complete before it acknowledges
+ACK_GATHER = 0.0001
+#: the largest frame copied into an aligned buffer (bigger ones are written buffered)
+_POOLED = 2**20
+_POOL = 32
 
 
 class Receiver:
@@ -70,6 +77,15 @@ class Receiver:
         #: set while an operator's decision is being written (no reconnection meanwhile)
         self.admin = threading.Event()
         self._status_lock = threading.Lock()
+        self.writer: DiskWriter | None = None
+        #: aligned buffers a received write is copied into (for O_DIRECT), and their use
+        self._buffers = [memoryview(mmap.mmap(-1, _POOLED)) for _ in range(_POOL)]
+        self._free = list(range(_POOL))
+        self._freed = threading.Condition()
+        #: (frame number, the writer's last ticket then): what an acknowledgement may say
+        self._applied: collections.deque[tuple[int, int]] = collections.deque()
+        self._send_lock = threading.Lock()
+        self._ack_wanted = threading.Event()
 
     # --- start ----------------------------------------------------------------------------
 
@@ -81,6 +97,9 @@ class Receiver:
             raise RuntimeError(f"no mirror metadata in {self.paths.root}: extend the mirror here")
         self.disk = os.open(self.config.disk, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
         self._direct = os.open(self.config.disk, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        self.writer = DiskWriter(self.disk, self._direct, direct_min=4096)
+        self.writer.on_done(lambda done: self._ack_wanted.set())
+        threading.Thread(target=self._acker, name="acker", daemon=True).start()
         self.activity = ActivityLog(RegionMap.load(self.count, self.paths.activity))
         self.remaining = RegionMap.load(self.count, self.paths.remaining)
         if meta.role == "source":
@@ -96,6 +115,8 @@ class Receiver:
     def close(self) -> None:
         """Make everything received durable, and let the disk go."""
         if self.disk >= 0:
+            if self.writer is not None:
+                self.writer.close()
             self._checkpoint(force=True)
             os.close(self._direct)
             os.close(self.disk)
@@ -280,6 +301,7 @@ class Receiver:
 
     def _loop(self, link: Link) -> None:
         quiet_since = time.monotonic()
+        self._applied.clear()
         while not self.stopping.is_set():
             try:
                 frame = link.read()
@@ -288,37 +310,90 @@ class Receiver:
                     raise LinkClosed(f"no word from the source for {HB_TIMEOUT:g}s") from None
                 continue
             quiet_since = time.monotonic()
-            if frame.kind in (Kind.WRITE, Kind.RESYNC):
-                self._write(frame.offset, frame.data(), frame.kind == Kind.RESYNC)
-            elif frame.kind == Kind.FLUSH:
-                os.fdatasync(self.disk)
-            elif frame.kind == Kind.CONTROL:
-                self._control(frame.json(), frame.seq)
-            if frame.seq:
-                self.last_seq = frame.seq
-            if frame.kind == Kind.PING or (not link.buffered() and self.last_seq > self.acked):
-                link.send(Link.frame(Kind.ACK, self.last_seq))
-                self.acked = self.last_seq
+            self._apply(frame.kind, frame.seq, frame.offset, frame)
+            if frame.kind == Kind.PING:
+                self._acknowledge(always=True)
+            elif not link.buffered():
+                self._acknowledge()
             self._checkpoint()
 
+    def _apply(self, kind: int, seq: int, offset: int, frame: Any) -> None:
+        """Apply one frame: writes go to the disk writer, anything else waits for every
+        write before it (a flush is then a flush of all of them)."""
+        assert self.writer is not None
+        if kind in (Kind.WRITE, Kind.RESYNC):
+            self._write(offset, frame.data(), kind == Kind.RESYNC)
+        elif kind == Kind.FLUSH:
+            self.writer.wait_all()
+            os.fdatasync(self.disk)
+        elif kind == Kind.CONTROL:
+            self.writer.wait_all()
+            self._control(frame.json(), seq)
+        if self.writer.error is not None:
+            raise OSError(f"writing the disk {self.config.disk} failed: {self.writer.error}")
+        if seq:
+            self.last_seq = seq
+            self._applied.append((seq, self.writer.issued))
+
+    def _acker(self) -> None:
+        """Thread: acknowledge writes the disk writer completed, a few at a time (one
+        acknowledgement per completed write would cost the source as much as the write)."""
+        while not self.stopping.is_set():
+            if self._ack_wanted.wait(0.5):
+                self._ack_wanted.clear()
+                time.sleep(ACK_GATHER)
+                self._acknowledge()
+
+    def _acknowledge(self, always: bool = False) -> None:
+        """Tell the source how far every frame has been applied (from any thread)."""
+        assert self.writer is not None
+        with self._send_lock:
+            done, upto = self.writer.done, self.acked
+            while self._applied and self._applied[0][1] <= done:
+                upto = self._applied.popleft()[0]
+            link = self.link
+            if link is None or (upto <= self.acked and not always):
+                return
+            try:
+                link.send(Link.frame(Kind.ACK, upto))
+            except OSError:
+                return  # the link broke: the reading thread finds out
+            self.acked = max(self.acked, upto)
+
     def _write(self, offset: int, data: bytes | memoryview, resync: bool) -> None:
+        assert self.writer is not None
         size = self.config.region_size
         first, last = offset // size, (offset + len(data) - 1) // size
         if not resync:  # a resync block is the source's data: no other copy lacks it
             self.activity.persist(self.activity.touch(first, last))
-        fd = (
-            self._direct
-            if len(data) >= _DIRECT_MIN and not (offset | len(data)) % _ALIGN
-            else self.disk
-        )
-        try:
-            os.pwrite(fd, data, offset)
-        except OSError:  # O_DIRECT refuses an unaligned buffer: write it buffered
-            os.pwrite(self.disk, data, offset)
-        if resync:
-            for region in range(first, last + 1):
-                self.remaining.bits[region] = 0
         self.received += len(data)
+        if len(data) > _POOLED:
+            self.writer.submit(offset, bytes(data), self._resynced(first, last, resync))
+            return
+        with self._freed:
+            while not self._free:
+                self._freed.wait()
+            index = self._free.pop()
+        buffer = self._buffers[index][: len(data)]
+        buffer[:] = data
+
+        def written(ticket: int) -> None:
+            if resync:
+                for region in range(first, last + 1):
+                    self.remaining.bits[region] = 0
+            with self._freed:
+                self._free.append(index)
+                self._freed.notify()
+
+        self.writer.submit(offset, buffer, written)
+
+    def _resynced(self, first: int, last: int, resync: bool) -> Any:
+        def written(ticket: int) -> None:
+            if resync:
+                for region in range(first, last + 1):
+                    self.remaining.bits[region] = 0
+
+        return written
 
     def _checkpoint(self, force: bool = False) -> None:
         """Persist the remaining-resync map, after making what it no longer lists durable."""
