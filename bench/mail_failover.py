@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.policy
+import shutil
 import smtplib
 import sys
 import threading
@@ -331,6 +332,8 @@ def bench_scenario(scenario: str, args: argparse.Namespace) -> list[Run]:
             for delivered in run.delivered:
                 for line in mailbench.explain(org, delivered):
                     say(f"   {line}")
+            if run.error or any(d.lost or d.duplicates for d in run.delivered):
+                keep_logs(cluster, f"{name}-{number}")
             if sum(1 for r in runs[-2:] if r.error) >= 2:
                 say(f"{scenario}: two runs in a row failed; stopping this scenario")
                 break
@@ -347,6 +350,23 @@ def bench_scenario(scenario: str, args: argparse.Namespace) -> list[Run]:
         for run in runs:  # counted again at the end: a late duplicate shows here
             run.delivered = [m.settle(60) for m in run.mail]
     return runs
+
+
+def keep_logs(cluster: Cluster, run: str) -> None:
+    """Copy every server's agent log (and its mail logs) of a run that went wrong to
+    ``/tmp/vigil-bench-logs/RUN`` before the lab is torn down: what the agents did is the
+    first thing to read."""
+    where = Path("/tmp/vigil-bench-logs") / run
+    where.mkdir(parents=True, exist_ok=True)
+    for server in cluster.info.servers:
+        directory = server.log_file.parent
+        for log in [server.log_file, *directory.glob("**/*.log")]:
+            if log.is_file():
+                target = where / server.name / log.relative_to(directory)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(log, target)
+    say(f"   logs kept in {where}")
 
 
 def report(runs: dict[str, list[Run]]) -> str:
