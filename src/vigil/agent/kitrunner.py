@@ -145,7 +145,11 @@ class KitRunner:
         timeout = kit.timeout(action, ctx.properties)
         started, outcome = time.monotonic(), "error"
         try:
-            result = await asyncio.wait_for(call(ctx), timeout)
+            # asyncio.timeout, never wait_for: Python 3.11's wait_for returns the result
+            # and drops the caller's cancellation when both happen at once (bpo-42130),
+            # so an agent asked to stop went on running its checks under load
+            async with asyncio.timeout(timeout):
+                result = await call(ctx)
             outcome = result.status.value if isinstance(result, Check) else "ok"
             return result
         except TimeoutError as exc:

@@ -207,7 +207,8 @@ class LeaseKeeper:
             budget = min(self.settings.request_timeout, self.trusted_until - sent)
             self._begin()
             try:
-                await asyncio.wait_for(self._renew_both(), budget)
+                async with asyncio.timeout(budget):  # not wait_for: see kitrunner.run
+                    await self._renew_both()
             except LeaseLost as exc:
                 self._end(ok=True)  # the store answered: the lease is gone
                 return f"the store says the lease is gone ({exc})"

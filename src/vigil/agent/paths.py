@@ -50,10 +50,10 @@ class PathMonitor:
         port = self._port(cluster, remote)
         now = time.time()
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(remote_address, port, local_addr=(local_address, 0)),
-                timeout=path.heartbeat_interval,
-            )
+            async with asyncio.timeout(path.heartbeat_interval):  # not wait_for: see kitrunner
+                _, writer = await asyncio.open_connection(
+                    remote_address, port, local_addr=(local_address, 0)
+                )
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

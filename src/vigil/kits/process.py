@@ -288,12 +288,12 @@ def _emit(raw: bytes, lines: deque[str], label: str, log: Logger) -> None:
 
 async def _drain(pump: asyncio.Future[None]) -> None:
     """Let the output pump finish for at most ``OUTPUT_DRAIN`` seconds, then stop it."""
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(pump), OUTPUT_DRAIN)
+    # asyncio.wait leaves the pump's outcome alone and lets the caller's own cancellation
+    # through (suppressing CancelledError here swallowed it: an agent told to stop went on)
+    await asyncio.wait((pump,), timeout=OUTPUT_DRAIN)
     if not pump.done():
         pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        await asyncio.wait((pump,))
 
 
 async def _kill_group_uninterruptible(
@@ -322,7 +322,8 @@ async def _kill_group(proc: asyncio.subprocess.Process, label: str, log: Logger)
                 pgid,
             )
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), KILL_WAIT)
+        async with asyncio.timeout(KILL_WAIT):
+            await proc.wait()
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -189,8 +189,7 @@ class Announcer:
         """Cancel the pending repetition for ``tag`` and wait until it has ended."""
         task = self.cancel(tag)
         if task is not None and task.get_loop() is asyncio.get_running_loop():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait((task,))  # the caller's own cancellation still goes through
 
     def _forget(self, tag: str, done: asyncio.Task[None]) -> None:
         if self._tasks.get(tag) is done:
