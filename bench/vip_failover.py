@@ -106,6 +106,7 @@ def bench_subject(
                 row.runs.append(run)
                 say(f"   {row.scenario} #{number}: {run_text(run)}")
                 odd = run.error or run.outage is None or (run.dual and run.tool == "vigil")
+                odd = odd or args.all_logs
                 if odd and logs is not None:
                     say(f"   logs of this run kept in {keep_logs(subject, run, logs)}")
                 failures = failures + 1 if run.error else 0
@@ -185,6 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--logs", type=Path, help="keep the tools' logs of odd runs here")
+    parser.add_argument("--all-logs", action="store_true", help="with --logs: of every run")
     parser.add_argument("--cleanup", action="store_true", help="only remove leftovers")
     args = parser.parse_args(argv)
     if not args.name.startswith("vb"):
