@@ -1,7 +1,8 @@
 """Token authentication and the seed's three roles.
 
 * guest — may look (status, properties, events);
-* operator — may also bring hierarchies in and out of service (switchover);
+* operator — may also bring hierarchies in and out of service (switchover), and pause,
+  continue, resync or break a mirror target;
 * administrator — may do everything: create, extend, delete, properties, comm paths.
 
 Scripts send a token; people logged in to the web UI send its session cookie instead

@@ -1,8 +1,9 @@
 """API routes of the mirror kit (``vigil mirror ...``): the mirror's status (every server's
 copy, the source's view of each target with progress and ETA, eligibility), pause,
-continue, resync and break of a target (run on the source's server), forcing a copy
-eligible (on its server), and split-brain resolution (shown, then carried out on every
-server it concerns). Requests are forwarded to the server they concern."""
+continue, resync and break of a target (run on the source's server; operators may), forcing
+a copy eligible (on its server), and split-brain resolution (shown, then carried out on
+every server it concerns; administrators only). Requests are forwarded to the server they
+concern."""
 
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ async def local(tag: str, who: Who, request: Request) -> dict[str, Any]:
 
 
 async def _on_source(action: str, tag: str, body: TargetAction, who: Who, request: Request) -> Any:
-    who.require("administrator", f"{action} a mirror target")
+    # an operator's work, as bringing a hierarchy in or out of service is: the seed pauses
+    # and continues mirrors around maintenance; none changes the configuration
+    who.require("operator", f"{action} a mirror target")
     mirror = _mirror(request)
     cluster, _ = await mirror.mirror(tag)
     source = active_server(cluster, tag)
