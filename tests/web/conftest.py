@@ -1,7 +1,7 @@
 """Fixtures of the web UI's tests: real operating-system users and groups (created with
 useradd/groupadd, removed afterwards), a lab of three servers with comm paths and a
-hierarchy, and Debian's Chromium driven by Python's playwright (launched by path: nothing
-downloaded)."""
+hierarchy, a mirror on that lab, and Debian's Chromium driven by Python's playwright
+(launched by path: nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import Api, service_commands, wait_for
+from tests.integration.mirror_lab import MirrorLab
 from vigil.lab.info import LabInfo
 from vigil.lab.lab import Lab
 
@@ -28,6 +29,13 @@ GROUPS = {"administrator": "vigil-admin", "operator": "vigil-oper", "guest": "vi
 USERS = {"administrator": "vwadmin", "operator": "vwoper", "guest": "vwguest", "none": "vwnobody"}
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SERVICE_PORT = 8090
+#: the mirror's disk on each server (MiB), the most MB/s its link carries and its queue
+#: (MiB): the initial synchronization takes about 8 s, and a resync of a few MiB lasts a few
+#: seconds, its progress (the regions the source queued for the link, at most half the
+#: queue ahead of what was sent) moving at the link's pace for the page to show
+MIRROR_DISK_MB = 32
+MIRROR_MBPS = 4.0
+MIRROR_QUEUE_MB = 4
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,26 @@ def lab() -> Iterator[tuple[Lab, LabInfo]]:
         yield built, info
     finally:
         built.down()
+
+
+@pytest.fixture(scope="module")
+def mirror(lab: tuple[Lab, LabInfo]) -> Iterator[MirrorLab]:
+    """The mirror ``data`` on the web lab (as tests/integration's mirror tests make it):
+    every server its own disk, created on node1 and in service there, extended to node2,
+    Mirroring after its initial full synchronization; deleted afterwards."""
+    built, info = lab
+    disks = {s: d.device for s, d in built.add_local_disks(MIRROR_DISK_MB).items()}
+    made = MirrorLab(built, info, Api(info), disks)
+    try:
+        made.create(bandwidth_mbps=MIRROR_MBPS, async_queue_mb=MIRROR_QUEUE_MB)
+        made.extend("node2")
+        made.wait_mirroring("node2")
+        yield made
+    finally:
+        try:
+            made.delete()
+        finally:
+            made.api.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ three real agents: login per role, a guest sees no actions (and the API refuses 
 a switchover clicked in the UI moves the hierarchy, a change made by the CLI shows within
 1 s without a reload, refusals show the API's message, keyboard navigation, the create and
 extend wizards, properties and policies, a failover confirmed in the UI and its timeline,
-and an accessibility scan (axe-core) of every page. Screenshots of every page go to
-docs/screenshots/. The tests run in order and build on each other."""
+a mirror's page following a pause and a continue clicked there (with the resync's
+progress), and an accessibility scan (axe-core) of every page. Screenshots of every page
+go to docs/screenshots/. The tests run in order and build on each other."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import Api, wait_for
+from tests.integration.mirror_lab import TAG as MIRROR
+from tests.integration.mirror_lab import MirrorLab
 from tests.web.conftest import HTTPS_OPTIONS, Person, base_url, login, screenshot, vigil_cli
 from vigil.lab.info import LabInfo
 from vigil.lab.lab import Lab
@@ -280,6 +283,66 @@ def test_a_failover_confirmed_in_the_ui_and_its_timeline(
     page.context.close()
 
 
+def copy_in(page: Any, server: str, state: str, timeout: float = 10_000) -> None:
+    """Wait until the mirror page shows ``server``'s copy in ``state``."""
+    page.wait_for_selector(
+        f'tr.copy[data-server="{server}"][data-state="{state}"]', timeout=timeout
+    )
+
+
+def test_the_mirror_page_follows_a_pause_and_a_continue(
+    browser: Any, lab: tuple[Lab, LabInfo], people: dict[str, Person], mirror: MirrorLab
+) -> None:
+    """An operator opens the mirror's page from its hierarchy, pauses node2 (Paused shows
+    by itself, and the bytes written meanwhile), continues it (the partial resync's
+    progress shows, then Mirroring again, and the resync in the history)."""
+    page = login(browser, lab[1], people["operator"])
+    page.goto(f"/ui/hierarchies/{MIRROR}")
+    page.click(f"text=Mirror: {MIRROR}")
+    page.wait_for_url(f"**/ui/mirror/{MIRROR}")
+    copy_in(page, "node1", "Source")
+    copy_in(page, "node2", "Mirroring")
+    page.wait_for_selector('tr.resync[data-kind="full"][data-target="node2"]')
+    page.click("#mirror-pause-node2")
+    page.wait_for_selector("#messages:has-text('node2 is Paused; writes are tracked')")
+    copy_in(page, "node2", "Paused")
+    mirror.write("node1", "while-paused", 12)
+    behind = 'tr.copy[data-server="node2"] td.bytes'
+    page.wait_for_selector(f"{behind}:has-text('MiB')")  # polled: not in the store
+    page.wait_for_selector('tr.copy[data-server="node2"] td.take-over[data-eligible="no"]')
+    page.click("#mirror-continue-node2")
+    page.wait_for_selector("#messages:has-text('a partial resync follows')")
+    copy_in(page, "node2", "Resynchronizing")
+    page.wait_for_selector('tr.copy[data-server="node2"] progress', timeout=5_000)
+    screenshot(page, "mirror")
+    copy_in(page, "node2", "Mirroring", timeout=60_000)
+    page.wait_for_selector('tr.resync[data-kind="partial"][data-target="node2"]')
+    assert page.locator(f"{behind}").inner_text().strip() == "0 B"
+    page.context.close()
+
+
+def test_a_guest_sees_the_mirror_but_no_action(
+    browser: Any, lab: tuple[Lab, LabInfo], people: dict[str, Person], mirror: MirrorLab
+) -> None:
+    page = login(browser, lab[1], people["guest"])
+    page.goto(f"/ui/mirror/{MIRROR}")
+    copy_in(page, "node2", "Mirroring")
+    assert page.locator("#mirror-actions-h").count() == 0
+    assert page.locator("form.api").count() == 0
+    answer = page.evaluate(
+        """async (path) => {
+            const csrf = document.querySelector('meta[name=csrf-token]').content;
+            const r = await fetch(path, {method: 'POST',
+                headers: {'content-type': 'application/json', 'x-csrf-token': csrf},
+                body: JSON.stringify({target: 'node2'})});
+            return [r.status, (await r.json()).error];
+        }""",
+        f"/v1/mirror/{MIRROR}/pause",
+    )
+    assert answer[0] == 403 and "needs the operator role" in answer[1], answer
+    page.context.close()
+
+
 PAGES = [
     "/ui/",
     "/ui/hierarchies/web",
@@ -289,11 +352,12 @@ PAGES = [
     "/ui/events",
     "/ui/what-if",
     "/ui/create?kit=mail",
+    f"/ui/mirror/{MIRROR}",
 ]
 
 
 def test_no_serious_accessibility_violation(
-    browser: Any, lab: tuple[Lab, LabInfo], people: dict[str, Person]
+    browser: Any, lab: tuple[Lab, LabInfo], people: dict[str, Person], mirror: MirrorLab
 ) -> None:
     """axe-core on every page (and the login page): nothing serious or critical."""
     info = lab[1]
@@ -318,6 +382,8 @@ def test_no_serious_accessibility_violation(
 
 
 def _axe(page: Any) -> list[str]:
+    # no fragment swapped in while axe looks (the mirror page polls every second)
+    page.evaluate("document.body.addEventListener('htmx:beforeRequest', (e) => e.preventDefault())")
     page.add_script_tag(path=str(AXE))
     result = page.evaluate("async () => await axe.run(document)")
     return [

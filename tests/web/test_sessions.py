@@ -1,6 +1,7 @@
 """The web UI without a browser: PAM login with real operating-system users, sessions and
 their CSRF token on the API, tokens still working, the live stream's first notice, the
-vendored htmx, and the pure parts (form fields from a kit's schema, failover timelines).
+vendored htmx, the mail and mirror pages, and the pure parts (form fields from a kit's
+schema, failover timelines, a mirror's copies and resync history).
 The app runs over httpx's ASGI transport on a real embedded store."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vigil.store.base import Store
 from vigil.store.embedded import EmbeddedStore
 from vigil.web.forms import kit_fields
 from vigil.web.live import end_streams
+from vigil.web.mirrorpage import copies, history
 from vigil.web.timeline import failover_timelines
 
 TOKEN = "web-test-token-0123456789abcdef"
@@ -189,3 +191,64 @@ async def test_the_mail_page_reads_the_mail_api(
         assert 'data-api-get="/v1/mail/mail/failed-users"' in page.text
         assert 'data-api-get="/v1/mail/mail/services"' in page.text
         assert (await browser.get("/ui/mail/nothing")).status_code == 404
+
+
+async def test_the_mirror_page_reads_the_mirror_api(
+    app: Any, store: Store, people: dict[str, Person]
+) -> None:
+    """A mirror's page shows what ``GET /v1/mirror/{tag}`` says (here: no copy set up, in
+    service nowhere: no action), polls it, and refuses a resource of another kit (the
+    browser tests run a real mirror)."""
+    await store.put(
+        key("resources", "data"),
+        ResourceRecord(tag="data", kit="mirror", instances={"n1": 1}).dump(),
+    )
+    await store.put(
+        key("resources", "site"), ResourceRecord(tag="site", kit="app", instances={"n1": 1}).dump()
+    )
+    async with client(app) as browser:
+        await log_in(browser, people["operator"])
+        page = await browser.get("/ui/mirror/data")
+        assert page.status_code == 200
+        assert 'hx-get="/ui/fragments/mirror/data" hx-trigger="every 1s' in page.text
+        assert "No source runs: data is in service nowhere" in page.text
+        assert 'data-server="n1" data-state="unknown"' in page.text
+        fragment = await browser.get("/ui/fragments/mirror/data")
+        assert fragment.status_code == 200 and "No resync yet." in fragment.text
+        other = await browser.get("/ui/mirror/site")
+        assert other.status_code == 404 and "not a mirror" in other.text
+        assert (await browser.get("/ui/mirror/nothing")).status_code == 404
+        gone = await browser.get("/ui/fragments/mirror/nothing")  # deleted while open
+        assert gone.status_code == 200 and "no resource is tagged" in gone.text
+
+
+def test_mirror_copies_and_history_from_the_api_status() -> None:
+    split = {"source": "n1", "ancestor": "g1", "source_regions": -1, "target_regions": 3, "at": 5.0}
+    progress = {"kind": "partial", "regions": 40, "done": 10, "percent": 25.0, "mb_per_s": 4.0,
+                "eta_s": 75.4}  # fmt: skip
+    resync = {"target": "n2", "kind": "full", "regions": 32, "bytes": 2**25, "seconds": 8.0}
+    status = {
+        "tag": "data", "mode": "sync", "source": "n1",
+        "targets": {"n2": {"state": "Resynchronizing", "dirty_bytes": 2**20, "since": 9.0,
+                           "progress": progress, "split_brain": False},
+                    "n3": {"state": "Resync Pending", "dirty_bytes": 0, "split_brain": True}},
+        "servers": [
+            {"server": "n1", "priority": 1, "role": "source", "state": "Mirroring", "reason": "",
+             "eligible": True, "eligibility": "the source", "view": {"resyncs": [
+                 {**resync, "at": 1.0}, {**resync, "target": "n3", "at": 2.0}]}},
+            {"server": "n2", "priority": 10, "role": "target", "state": "Resynchronizing",
+             "reason": "copying", "eligible": False, "eligibility": "not in sync", "view": {}},
+            {"server": "n3", "priority": 20, "role": "target", "state": "Resync Pending",
+             "reason": "", "eligible": None, "eligibility": "",
+             "view": {"split_brain": split, "resyncs": [{**resync, "target": "n1", "at": 0.5}]}},
+        ],
+        "resyncs": [{**resync, "at": 2.0, "target": "n3"}],
+    }  # fmt: skip
+    source, n2, n3 = copies(status)
+    assert (source.state, source.out_of_sync) == ("Source", None)
+    assert n2.progress is not None and n2.progress.eta == "1 min 15 s"
+    assert (n2.out_of_sync, n2.split_brain) == (2**20, False)
+    assert n3.split_brain and n3.split is not None and n3.split.source_regions == -1
+    assert [(r["by"], r["target"], r["at"]) for r in history(status)] == [
+        ("n1", "n3", 2.0), ("n1", "n2", 1.0), ("n3", "n1", 0.5)
+    ]  # fmt: skip

@@ -45,6 +45,13 @@ STATE_CLASS = {
     "Warning": "st-warn",
     "Failed": "st-osf",
     "Unknown": "st-unknown",
+    # a mirror's copies (the mirror kit's states, DataKeeper's names)
+    "Source": "st-isp",
+    "Mirroring": "st-isp",
+    "Resynchronizing": "st-isu",
+    "Paused": "st-warn",
+    "Resync Pending": "st-warn",
+    "Broken": "st-osf",
 }
 #: what each state means, for people (the seed's words)
 STATE_TEXT = {
@@ -93,6 +100,16 @@ def _ago(at: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _size(count: float) -> str:
+    """A number of bytes for people: ``0 B``, ``512 KiB``, ``12.5 MiB``."""
+    value, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" or abs(value) >= 100 else f"{value:.1f} {unit}"
+
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("vigil.web", "templates"),
     autoescape=True,
@@ -102,6 +119,7 @@ _env = jinja2.Environment(
 )
 _env.filters["when"] = _when
 _env.filters["ago"] = _ago
+_env.filters["size"] = _size
 _env.filters["url"] = lambda value: quote(str(value), safe="")
 _env.globals.update(
     state_class=lambda state: STATE_CLASS.get(str(state), "st-unknown"),

@@ -10,10 +10,10 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from vigil.api import webui
-from vigil.web import details, live, login, mailpage, pages, wizards
+from vigil.web import details, live, login, mailpage, mirrorpage, pages, wizards
 
 router = APIRouter()
-for part in (webui, login, live, pages, details, wizards, mailpage):
+for part in (webui, login, live, pages, details, wizards, mailpage, mirrorpage):
     router.include_router(part.router)
 
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
