@@ -20,6 +20,7 @@ Example::
     safety_margin = 0.35      # stop this long before the lease can expire elsewhere
     failsafe = true           # ride through a store outage every agent sees (below)
     failsafe_limit = 10.0     # ... for at most this long after the last renewal
+    realtime_priority = 10    # SCHED_RR, as corosync: a busy machine cannot starve renewals
 
     [web]                     # the web UI at /ui/ (vigil.web): people log in through PAM
     pam_service = "vigil"     # /etc/pam.d/vigil, else PAM's "other" (Debian: common-auth)
@@ -89,6 +90,8 @@ class LeaseSettings(BaseModel):
     failsafe: bool = True
     #: the longest a failsafe may hold the lease past the last successful renewal
     failsafe_limit: float = Field(10.0, ge=0)
+    #: SCHED_RR priority of the agent and its fence guard (0: normal; ``agent.realtime``)
+    realtime_priority: int = Field(10, ge=0, le=99)
 
     @property
     def failsafe_hold(self) -> float:

@@ -124,7 +124,7 @@ class Agent:
         runner.view = lambda: self.cluster  # what a kit may see of its neighbours
         runner.notify = self.actor.event
         paths = PathMonitor(self.store, self.server, self.config.api.port)
-        ensure_guard(self.config.state_dir)
+        ensure_guard(self.config.state_dir, self.config.lease.realtime_priority)
         if self.failsafe is not None:
             where = self.config.api
             heard = self.cycle.heartbeats.heard  # a confirmation given counts as a heartbeat

@@ -1,4 +1,4 @@
-"""The fence guard: ``python -m vigil.agent.fenceguard STATE_DIR``.
+"""The fence guard: ``python -m vigil.agent.fenceguard STATE_DIR [REALTIME_PRIORITY]``.
 
 Deliberately tiny and independent of the agent: no store, no asyncio, no kits (only the
 standard-library cgroup helper they share, ``vigil.kits.cgroup``). Every 20 ms it reads
@@ -12,6 +12,9 @@ yet: the plan's deadline lies a safety margin before that.
 During a failsafe (the store unreachable for every agent, ``vigil.agent.failsafe``) the agent
 moves the deadline on after each round the other agents confirm; the guard says so once per
 episode, and never waits past the last renewal's deadline plus ``failsafe_limit``.
+
+It runs under ``SCHED_RR`` (``vigil.agent.realtime``; the priority the agent passes, 10 when
+started without one, 0 for normal scheduling): a busy machine must not delay a fence.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 from vigil.agent.fencing import FencePlan
+from vigil.agent.realtime import DEFAULT_PRIORITY, run_realtime
 from vigil.kits.cgroup import reap_cgroup, signal_cgroup
 
 POLL = 0.02
@@ -64,8 +68,8 @@ def fence(plan: FencePlan, directory: Path) -> None:
             say(f"unmounted {mount}")
 
 
-def run(directory: Path) -> int:
-    say(f"watching {directory}")
+def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
+    say(f"watching {directory}; {run_realtime(priority)}")
     fenced_for = None
     failsafe_for = None  # the renewal deadline of the failsafe episode last reported
     while True:
@@ -93,4 +97,4 @@ def run(directory: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1])))
+    sys.exit(run(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_PRIORITY))

@@ -31,6 +31,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vigil.agent.realtime import DEFAULT_PRIORITY
 from vigil.kits.cgroup import kill_cgroup
 
 log = logging.getLogger("vigil.agent.fencing")
@@ -142,9 +143,10 @@ class FencePlan:
             return None
 
 
-def ensure_guard(directory: Path) -> int:
+def ensure_guard(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
     """Start the server's fence guard unless it runs; its pid. It is a separate session so
-    that it outlives the agent (that is its purpose)."""
+    that it outlives the agent (that is its purpose); ``priority``: its SCHED_RR priority
+    (``vigil.agent.realtime``)."""
     pid_file = directory / GUARD_PID_FILE
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text())
@@ -153,7 +155,7 @@ def ensure_guard(directory: Path) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "fence-guard.log").open("ab") as out:
         guard = subprocess.Popen(
-            [sys.executable, "-m", "vigil.agent.fenceguard", str(directory)],
+            [sys.executable, "-m", "vigil.agent.fenceguard", str(directory), str(priority)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,

@@ -24,6 +24,7 @@ import uvicorn
 from vigil.agent.config import AgentConfig, load_config, load_tokens
 from vigil.agent.daemon import Agent
 from vigil.agent.operations import Operations
+from vigil.agent.realtime import run_realtime
 from vigil.agent.systemd import JournalFormatter, under_journald
 from vigil.agent.tls import client_context, server_context
 from vigil.api.app import create_app
@@ -122,6 +123,7 @@ def _tls_options(config: AgentConfig) -> dict[str, Any]:
 
 async def run(config: AgentConfig) -> None:
     tls_options = _tls_options(config)  # refuse an unusable certificate before anything starts
+    log.info("scheduling: %s", run_realtime(config.lease.realtime_priority))
     agent = Agent(config)
     tokens = Authenticator(load_tokens(config.tokens_file))
     loop = asyncio.get_running_loop()
