@@ -8,7 +8,6 @@ kit cannot take the agent down.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 from vigil.agent.fencing import Cgroups
 from vigil.agent.secrets import SecretBox
+from vigil.aio import within
 from vigil.errors import KitError, KitTimeout, Severity, ValidationError, VigilError
 from vigil.kits.base import (
     Action,
@@ -145,11 +145,7 @@ class KitRunner:
         timeout = kit.timeout(action, ctx.properties)
         started, outcome = time.monotonic(), "error"
         try:
-            # asyncio.timeout, never wait_for: Python 3.11's wait_for returns the result
-            # and drops the caller's cancellation when both happen at once (bpo-42130),
-            # so an agent asked to stop went on running its checks under load
-            async with asyncio.timeout(timeout):
-                result = await call(ctx)
+            result = await within(call(ctx), timeout)  # never wait_for: see vigil.aio
             outcome = result.status.value if isinstance(result, Check) else "ok"
             return result
         except TimeoutError as exc:

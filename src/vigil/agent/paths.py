@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from vigil.aio import within
 from vigil.errors import StoreError
 from vigil.model.cluster import Cluster, CommPath
 from vigil.model.records import PathRecord, key
@@ -50,10 +51,10 @@ class PathMonitor:
         port = self._port(cluster, remote)
         now = time.time()
         try:
-            async with asyncio.timeout(path.heartbeat_interval):  # not wait_for: see kitrunner
-                _, writer = await asyncio.open_connection(
-                    remote_address, port, local_addr=(local_address, 0)
-                )
+            _, writer = await within(
+                asyncio.open_connection(remote_address, port, local_addr=(local_address, 0)),
+                path.heartbeat_interval,
+            )
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

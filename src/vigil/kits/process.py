@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vigil.aio import within
 from vigil.errors import KitTimeout
 
 __all__ = [
@@ -322,8 +323,7 @@ async def _kill_group(proc: asyncio.subprocess.Process, label: str, log: Logger)
                 pgid,
             )
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(KILL_WAIT):
-            await proc.wait()
+        await within(proc.wait(), KILL_WAIT)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from vigil.aio import within
 from vigil.errors import LeaseLost, StoreError, StoreUnavailable
 
 JSON = dict[str, Any]
@@ -168,10 +169,12 @@ class GatewayClient:
         headers = {"Authorization": token} if token else {}
         limits = httpx.Timeout(timeout, connect=connect_timeout)
         try:
-            async with asyncio.timeout(timeout):
-                response = await self._http.post(
-                    endpoint + path, json=body, headers=headers, timeout=limits
-                )
+            # in a task of its own (vigil.aio): httpx's own timeout and this one, with the
+            # same deadline, would both cancel the caller's task on Python 3.11
+            response = await within(
+                self._http.post(endpoint + path, json=body, headers=headers, timeout=limits),
+                timeout,
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Unreachable(_describe(exc)) from exc
         except ssl.SSLError as exc:
