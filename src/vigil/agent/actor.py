@@ -43,6 +43,8 @@ class Actor:
         self.started_at = time.time()
         #: what report_standby last read when it found nothing to write
         self._standby_checked: tuple[tuple[object, ...], frozenset[str]] | None = None
+        #: tag -> the last state report the store did not take (written again later)
+        self._unreported: dict[str, StateRecord] = {}
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -266,14 +268,34 @@ class Actor:
         self, tag: str, state: InstanceState, reason: str, intent_revision: int = 0
     ) -> None:
         if self.local.fencing:
+            self._unreported.pop(tag, None)
             return
         record = StateRecord(
             state=state, reason=reason, since=time.time(), intent_revision=intent_revision
         )
+        await self._write_report(tag, record)
+
+    async def _write_report(self, tag: str, record: StateRecord) -> None:
         try:
             await self.store.put(key("state", self.server, tag), record.dump())
         except StoreError as exc:
-            log.warning("could not report %s %s: %s", tag, state, exc)
+            log.warning("could not report %s %s: %s", tag, record.state, exc)
+            self._unreported[tag] = record
+        else:
+            self._unreported.pop(tag, None)
+
+    async def report_again(self) -> None:
+        """Write the reports the store did not take (a restore that ended during a store
+        outage would otherwise stay shown out of service while it runs), each while it
+        still says what runs here: an ISP of a resource running here, another state of
+        one that does not."""
+        for tag, record in list(self._unreported.items()):
+            running = tag in self.local.running
+            if self.local.fencing or running != (record.state is InstanceState.ISP):
+                self._unreported.pop(tag, None)
+                continue
+            log.info("reporting %s %s again (the store did not take it)", tag, record.state)
+            await self._write_report(tag, record)
 
     async def event(self, kind: str, message: str, hierarchy: str | None = None) -> None:
         if self.local.fencing:

@@ -47,7 +47,7 @@ class Cycle:
         self.trusted = trusted  # whether this server's lease can be trusted now
         self.cluster = Cluster()
         self.heartbeats = HeartbeatTracker(actor.server)
-        self.monitor = Monitor(actor, lambda: self.cluster, self.is_busy)
+        self.monitor = Monitor(actor, lambda: self.cluster, self.is_busy, lambda: self.trusted())
         self.wake = asyncio.Event()
         self.paused = False  # maintenance: no decisions, no monitoring
         self._busy: dict[frozenset[str], asyncio.Task[None]] = {}
@@ -165,6 +165,7 @@ class Cycle:
             self._busy[step.tags] = task
             task.add_done_callback(functools.partial(self._step_done, step.tags))
         self._waiting = waiting
+        await self.actor.report_again()
         await self.actor.report_standby(cluster)
         self.monitor.sync()
 

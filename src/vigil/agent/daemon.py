@@ -134,6 +134,7 @@ class Agent:
         await self._join()
         # renewals start before the probe: a slow probe must not cost the lease
         tasks = [asyncio.create_task(self.lease.run(), name="lease")]
+        tasks[0].add_done_callback(self._lease_ended)
         await self._probe()
         tasks += [
             asyncio.create_task(self.cache.run(), name="watch"),
@@ -273,6 +274,19 @@ class Agent:
             )
         await self.actor.event("agent-stopped", leaving.event)
         await self._remove(leaving.removal)
+
+    def _lease_ended(self, task: asyncio.Task[None]) -> None:
+        """The lease keeper must run as long as the agent does: say why it ended if not."""
+        if self._stopping.is_set():
+            return
+        if task.cancelled():
+            log.error(
+                "the lease keeper was cancelled while the agent runs: no renewal now "
+                "(cancel requests pending: %d)",
+                task.cancelling(),
+            )
+        elif (exc := task.exception()) is not None:
+            log.error("the lease keeper failed: no renewal now: %r", exc, exc_info=exc)
 
     async def _lease_lost(self, reason: str) -> None:
         """Self-fencing: without a lease this server may hold nothing in service."""

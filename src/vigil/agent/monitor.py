@@ -35,11 +35,19 @@ log = logging.getLogger("vigil.agent.monitor")
 
 class Monitor:
     def __init__(
-        self, actor: Actor, cluster: Callable[[], Cluster], busy: Callable[[str], bool]
+        self,
+        actor: Actor,
+        cluster: Callable[[], Cluster],
+        busy: Callable[[str], bool],
+        trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.actor = actor
         self.cluster = cluster
         self.busy = busy
+        #: whether this server's lease can be trusted now: without it, a failed check is
+        #: not acted on (no local recovery, no failover): the server is being fenced, or
+        #: about to be, and another may be taking its hierarchies over
+        self.trusted = trusted
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.paused = False  # maintenance: nothing is checked
 
@@ -86,6 +94,14 @@ class Monitor:
                 action, next_deep = Action.DEEP_CHECK, time.monotonic() + deep
             check = await self._check(tag, action)
             if check.status is not CheckStatus.RUNNING and not self.busy(tag):
+                if not self.trusted():
+                    log.warning(
+                        "%s of %s says %s: not acted on, this server's lease cannot be trusted now",
+                        action,
+                        tag,
+                        check.status,
+                    )
+                    continue
                 await self._failed(tag, action, check)
             elif check.warning:
                 await self._report_warning(tag, check)
