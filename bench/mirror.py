@@ -29,7 +29,10 @@ a loop device in direct-I/O mode), agents on the embedded store, in ONE run:
    counted by kind (a full resync there is a failure of the kit);
 6. **async**: ``mode`` set to async (``PATCH`` of the property, then the hierarchy out
    of service and in service on node1 again: the mirror process starts with the new
-   mode), the same fio jobs.
+   mode), the same fio jobs; the resyncs recorded meanwhile count how often node2's queue
+   went past its high-water mark (``async_queue_mb``: the target is Paused, then
+   resynchronized partially), so the async rows show the source's speed with a target
+   that fell behind, not a target that kept up.
 
 The fio jobs, the same in every case (``fio`` 3.33 from Debian, run inside node1, on a
 file of ``--file-mb`` MiB on the mounted filesystem that fio lays out once by writing it,
@@ -54,6 +57,11 @@ Each job runs ``--reps`` times; the table shows min / median / max and the ratio
 median to the local median (alone and async too: where the time goes). The issue's
 targets: sync sequential >= 70 % of local, sync 4 KiB random >= 50 % of local.
 
+Around each run the bench reads the CPU time of the mirror's source and target processes
+(``/proc/PID/stat``) and of the whole machine (``/proc/stat``, every process and the
+kernel, other labs included): the table shows them, and the mirror processes' CPU per
+write, to say where the time goes.
+
 Prints progress lines, then the tables; the lab is torn down at the end, on error, on
 Ctrl-C and on SIGTERM (``--cleanup`` only removes leftovers of a killed run).
 """
@@ -70,6 +78,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -116,10 +125,54 @@ class Measure:
     subject: str
     job: str
     values: list[float] = field(default_factory=list)
+    #: CPU of each run, % of one core: the mirror's source and target processes, and the
+    #: whole machine (every process and the kernel: 100 % per core)
+    cpu_source: list[float] = field(default_factory=list)
+    cpu_target: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+# --- CPU accounting ----------------------------------------------------------------------
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds ``pid`` has used (every thread, user and system); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _HZ
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(all, busy) CPU seconds of the machine so far (busy: not idle, not iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return sum(values) / _HZ, (sum(values) - values[3] - values[4]) / _HZ
+
+
+def mirror_pids(m: MirrorLab) -> dict[str, int]:
+    """The mirror's source process (node1) and target process (node2), where they run."""
+    found = {}
+    for role, server in (("source", "node1"), ("target", "node2")):
+        path = state_dir(m.info, server) / "status.json"
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if status.get("role") == role and Path(f"/proc/{status.get('pid')}").exists():
+            found[role] = int(status["pid"])
+    return found
 
 
 @dataclass
@@ -179,10 +232,14 @@ def run_jobs(
     path = f"{mount}/fio.dat"
     say(f"== {subject}: laying out {args.file_mb} MiB at {path}")
     lay_out(m, "node1", path, args.file_mb)
+    pids = mirror_pids(m) if subject != "local" else {}
+    cores = os.cpu_count() or 1
     for job, options in JOBS.items():
         measure = Measure(subject, job)
         results.measures.append(measure)
         for rep in range(1, args.reps + 1):
+            began, (all0, busy0) = time.monotonic(), machine_cpu()
+            used0 = {role: process_cpu(pid) for role, pid in pids.items()}
             data = fio(
                 m,
                 "node1",
@@ -192,12 +249,26 @@ def run_jobs(
                 ],
                 timeout=args.runtime * 4 + 60,
             )  # fmt: skip
+            wall, (all1, busy1) = time.monotonic() - began, machine_cpu()
+            used = {
+                role: (process_cpu(pid) - used0[role]) / wall * 100 for role, pid in pids.items()
+            }
+            measure.busy.append((busy1 - busy0) / max(all1 - all0, 1e-9) * 100 * cores)
+            if "source" in used:
+                measure.cpu_source.append(used["source"])
+            if "target" in used:
+                measure.cpu_target.append(used["target"])
             write = data["jobs"][0]["write"]
             value = write["bw_bytes"] / 1e6 if job == "seq" else write["iops"]
             measure.values.append(value)
             lat = write.get("clat_ns", {}).get("mean", 0) / 1000
             unit = "MB/s" if job == "seq" else "IOPS"
-            say(f"   {job} #{rep}: {value:,.1f} {unit} (mean completion latency {lat:,.0f} us)")
+            cpu = ", ".join(f"{role} {pct:.0f}%" for role, pct in used.items())
+            say(
+                f"   {job} #{rep}: {value:,.1f} {unit} (mean completion latency {lat:,.0f} us; "
+                f"CPU {cpu + ', ' if cpu else ''}machine {measure.busy[-1]:.0f}% of "
+                f"{cores * 100}%)"
+            )
 
 
 # --- the lab -----------------------------------------------------------------------------
@@ -268,9 +339,7 @@ def bench_resync(m: MirrorLab, args: argparse.Namespace, results: Results) -> No
             timeout=600,
         )  # fmt: skip
         row.dirty_regions = wait(
-            lambda mib=mib: (n := m.status()["targets"]["node2"]["dirty_regions"]) >= mib and n,
-            30,
-            "the source's map of node2 to show the regions written",
+            partial(_dirty, m, mib), 30, "the source's map of node2 to show the regions written"
         )
         before = len(m.resyncs())
         began = time.monotonic()
@@ -288,6 +357,12 @@ def bench_resync(m: MirrorLab, args: argparse.Namespace, results: Results) -> No
             f"{row.kind or '?'} resync of {row.regions} regions ({row.nbytes / 2**20:.0f} MiB) "
             f"in {row.seconds:.2f} s; continue -> Mirroring {row.wall:.2f} s"
         )
+
+
+def _dirty(m: MirrorLab, at_least: int) -> int:
+    """The regions the source's map of node2 holds, 0 while fewer than ``at_least``."""
+    count = int(m.status()["targets"]["node2"]["dirty_regions"])
+    return count if count >= at_least else 0
 
 
 def _count(m: MirrorLab, before: int) -> dict[str, int]:
@@ -364,14 +439,21 @@ def _fmt(value: float | None, job: str) -> str:
     return f"{value:,.0f}" if job == "rand" or value >= 100 else f"{value:,.1f}"
 
 
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}%"
+
+
 def report(results: Results, args: argparse.Namespace) -> str:
     lines = [
         f"fio on node1, {args.file_mb} MiB file on ext4, --direct=1 libaio, {args.runtime} s "
         f"per run, {args.reps} runs; seq = 1 MiB writes iodepth 16 (MB/s), rand = 4 KiB "
-        "random writes iodepth 32 (IOPS)",
+        "random writes iodepth 32 (IOPS); CPU: medians, % of one core, of the mirror's "
+        f"source and target processes and of the whole machine ({os.cpu_count()} cores, "
+        "every process and the kernel, other labs included); core-us/write: the two mirror "
+        "processes' CPU per write",
         "",
         f"{'job':5} {'subject':7} {'min':>9} {'median':>9} {'max':>9} {'vs local':>9} "
-        f"{'target':>7}",
+        f"{'target':>12} {'CPU src':>8} {'CPU tgt':>8} {'machine':>8} {'core-us/write':>14}",
     ]
     local = {m.job: m.median for m in results.measures if m.subject == "local"}
     for job in JOBS:
@@ -384,10 +466,19 @@ def report(results: Results, args: argparse.Namespace) -> str:
                 if measure.subject == "sync":
                     met = measure.median / base >= TARGETS[job]
                     target = f">={TARGETS[job]:.0%} {'met' if met else 'MISSED'}"
+            src, tgt, busy = (
+                _median(measure.cpu_source), _median(measure.cpu_target), _median(measure.busy)
+            )  # fmt: skip
+            per_write = ""
+            if src is not None and measure.median:
+                # CPU of the mirror's processes per write fio made (1 MiB or 4 KiB)
+                writes = measure.median * 1e6 / 2**20 if job == "seq" else measure.median
+                per_write = f"{((src + (tgt or 0)) / 100) / writes * 1e6:,.0f}"
             lines.append(
                 f"{job:5} {measure.subject:7} {_fmt(min(values, default=None), job):>9} "
                 f"{_fmt(measure.median, job):>9} {_fmt(max(values, default=None), job):>9} "
-                f"{ratio:>9} {target}"
+                f"{ratio:>9} {target:>12} {_pct(src):>8} {_pct(tgt):>8} {_pct(busy):>8} "
+                f"{per_write:>14}"
             )
     if results.initial_sync:
         s = results.initial_sync
@@ -480,7 +571,14 @@ def main(argv: list[str] | None = None) -> int:
             bench_moves(mirror, results)
         if "async" not in args.skip:
             switch_to_async(mirror)
+            before = len(mirror.resyncs())
             run_jobs(mirror, "async", MOUNT, args, results)
+            # a target whose queue passed the high-water mark was Paused, then resynced
+            mirror.wait_mirroring("node2", timeout=300)
+            results.moves["async runs (queue overflows)"] = _count(mirror, before)
+            say(
+                f"   resyncs during the async runs: {results.moves['async runs (queue overflows)']}"
+            )
     except KeyboardInterrupt:
         say("interrupted: tearing down")
         exit_code = 130
