@@ -74,6 +74,8 @@ class Agent:
         self.stop_mode: StopMode | None = None
         self._template: tuple[object, FencePlan] | None = None
         self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._restarting: asyncio.Task[None] | None = None
         self.started_at = time.time()
         #: what the agent measures for Prometheus (GET /metrics)
         self.metrics = AgentMetrics(self.server)
@@ -133,7 +135,7 @@ class Agent:
             )
         await self._join()
         # renewals start before the probe: a slow probe must not cost the lease
-        tasks = [asyncio.create_task(self.lease.run(), name="lease")]
+        tasks = self._tasks = [asyncio.create_task(self.lease.run(), name="lease")]
         tasks[0].add_done_callback(self._lease_ended)
         await self._probe()
         tasks += [
@@ -287,6 +289,18 @@ class Agent:
             )
         elif (exc := task.exception()) is not None:
             log.error("the lease keeper failed: no renewal now: %r", exc, exc_info=exc)
+        # never on without a lease keeper: fence as for a lost lease, then renew a new one
+        self._restarting = asyncio.get_running_loop().create_task(self._restart_lease())
+
+    async def _restart_lease(self) -> None:
+        assert self.lease
+        self.lease.lost_lease, self.lease.lease_id = self.lease.lease_id, 0
+        await self._lease_lost("the lease keeper ended while the agent runs")
+        if self._stopping.is_set():
+            return
+        task = asyncio.create_task(self.lease.run(), name="lease")
+        task.add_done_callback(self._lease_ended)
+        self._tasks.append(task)  # stopped last by _shutdown, as the first one
 
     async def _lease_lost(self, reason: str) -> None:
         """Self-fencing: without a lease this server may hold nothing in service."""
