@@ -359,8 +359,8 @@ def keep_logs(cluster: Cluster, run: str) -> None:
     where = Path("/tmp/vigil-bench-logs") / run
     where.mkdir(parents=True, exist_ok=True)
     for server in cluster.info.servers:
-        directory = server.log_file.parent
-        for log in [server.log_file, *directory.glob("**/*.log")]:
+        directory = cluster.root / server.name
+        for log in directory.glob("**/*.log"):
             if log.is_file():
                 target = where / server.name / log.relative_to(directory)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,13 @@ async def _fsck(volume: Volume, state: ExtState | None, deadline: float) -> None
     raise volume.error(f"{argv[0]} on {p.device} {result.describe_exit()}: {result.last_line}")
 
 
+#: mount attempts when multi-mount protection refuses (a second one: the fenced server's
+#: mount may end during the first check), and the restore time a new attempt needs (the
+#: check waits 2 x max(5, 2 x mmp_update_interval) + 1 s, 11 s at the least)
+MMP_ATTEMPTS = 2
+MMP_RETRY_ROOM = 15.0
+
+
 async def _run(volume: Volume, argv: list[str], deadline: float, label: str) -> CommandResult:
     remaining = max(deadline - time.monotonic(), 1.0)
     return await run_command(
@@ -198,10 +205,21 @@ async def mount(volume: Volume, deadline: float) -> None:
     await _fsck(volume, state, deadline)
     await asyncio.to_thread(os.makedirs, p.mount_point, 0o755, True)
     argv = ["mount", "-t", p.filesystem_type, *(["-o", p.mount_options] if p.options else [])]
-    result = await _run(volume, [*argv, p.device, p.mount_point], deadline, "mount")
-    if not result.ok:
-        why = await _mmp_refusal(volume) or result.last_line or result.describe_exit()
-        raise volume.error(f"cannot mount {p.device} at {p.mount_point}: {why}")
+    for attempt in range(1, MMP_ATTEMPTS + 1):
+        result = await _run(volume, [*argv, p.device, p.mount_point], deadline, "mount")
+        if result.ok:
+            break
+        refusal = await _mmp_refusal(volume)
+        busy = next((ln.strip() for ln in result.output.splitlines() if "busy" in ln), "")
+        why = refusal or busy or result.last_line or result.describe_exit()
+        late = deadline - time.monotonic() < MMP_RETRY_ROOM
+        if not (refusal or busy) or late or attempt == MMP_ATTEMPTS:
+            raise volume.error(f"cannot mount {p.device} at {p.mount_point}: {why}")
+        # Refused by multi-mount protection (EBUSY: "already mounted or mount point busy";
+        # by then the other mount may be gone, and the MMP block clean). A fenced server's
+        # mount ends when its last process has exited, which under load can outlast the
+        # kernel's one check (2 x interval + 1 s): multi-mount protection decides again.
+        volume.log.warning("%s: %s; trying again", volume.where, why)
     top = mt.visible_mount(mt.read_mounts(), p.mount_point)
     if top is None or top.device != number:
         raise volume.error(f"mount said it mounted {p.device}, but {p.mount_point} shows no such")
