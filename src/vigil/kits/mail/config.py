@@ -53,6 +53,7 @@ POSTFIX_MATCH = (
     "relay_domains",
     "transport_maps",
     "local_recipient_maps",
+    "always_add_missing_headers",  # a Message-ID on every message: duplicates go by it
 )
 #: Dovecot settings a backup must have as the primary has them (plus every namespace's)
 DOVECOT_MATCH = ("mail_location", "mail_home", "mail_uid", "mail_gid", "protocols")

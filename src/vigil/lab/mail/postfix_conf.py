@@ -147,6 +147,9 @@ def _common(hostname: str, networks: str, log_file: Path) -> dict[str, str]:
         "local_transport": "error:no local mailboxes on this host",
         "biff": "no",
         "append_dot_mydomain": "no",
+        # every message gets a Message-ID at the first hop, whoever sent it: the mail
+        # kit's duplicate suppression after a failover goes by it (docs/kits/mail.md)
+        "always_add_missing_headers": "yes",
     }
 
 
