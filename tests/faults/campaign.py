@@ -208,8 +208,13 @@ class AckLog:
         self.server = ""
         self.seen_at = 0.0  # monotonic time a new acknowledgement was last seen
         self.disorder: list[str] = []
+        self._lock = threading.Lock()  # the watch and the campaign both read it
 
     def read(self) -> None:
+        with self._lock:
+            self._read()
+
+    def _read(self) -> None:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
