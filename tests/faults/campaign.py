@@ -761,18 +761,33 @@ class Campaign:
         self.watch.acks.read()
         count = self.watch.acks.last + 1
         self.results.records = count
-        owner = self.watch.latest().get("db", (False, None))[1]
-        if owner is None or count == 0:
+        if count == 0:
             return
         from tests.faults.campaign_writer import SIZE, record
 
         while len(self.expected) < count * SIZE:
             self.expected += record(len(self.expected) // SIZE)
         first = 0 if full else max(0, count - 2000)
-        path = f"/proc/{self.sleepers[owner]}/root{self.mount_point}/records"
-        with open(path, "rb") as handle:
-            handle.seek(first * SIZE)
-            data = handle.read((count - first) * SIZE)
+        # read through the owner's mount namespace; the db hierarchy may be moving (a late
+        # failover): ask again until an owner shows the file, for up to 30 s
+        owner, data, deadline = None, None, time.monotonic() + 30
+        while data is None and time.monotonic() < deadline:
+            owner = self.watch.latest().get("db", (False, None))[1]
+            if owner is None:
+                time.sleep(0.5)
+                continue
+            path = f"/proc/{self.sleepers[owner]}/root{self.mount_point}/records"
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(first * SIZE)
+                    data = handle.read((count - first) * SIZE)
+            except FileNotFoundError:
+                time.sleep(0.5)
+        if data is None:
+            self._violation(
+                fault, f"ACKNOWLEDGED WRITES LOST: no server shows the records file ({owner=})"
+            )
+            return
         if data == self.expected[first * SIZE : count * SIZE]:
             return
         bad = [
