@@ -31,7 +31,7 @@ def wait_healthy(lab: Lab, servers: list[str], timeout: float) -> None:
     with httpx.Client(trust_env=False, timeout=1.0, verify=verify) as client:
         while pending:
             for server in list(pending):
-                if lab.agent_pid(server) is None:
+                if lab.agent_pid(server) is None and not _reappears(lab, server):
                     raise agent_error(lab.names, server, "exited before answering its health check")
                 try:
                     answer = client.get(urls[server])
@@ -52,6 +52,17 @@ def wait_healthy(lab: Lab, servers: list[str], timeout: float) -> None:
                 )
             if pending:
                 time.sleep(0.1)
+
+
+def _reappears(lab: Lab, server: str) -> bool:
+    """Whether ``server``'s agent is found again a moment later: while ``nsenter`` execs
+    the agent, its pid can briefly look like a process outside the server (under load,
+    a freshly started agent was reported as exited)."""
+    for _ in range(3):
+        time.sleep(0.1)
+        if lab.agent_pid(server) is not None:
+            return True
+    return False
 
 
 def agent_error(names: LabNames, server: str, what: str) -> LabError:
