@@ -671,7 +671,10 @@ class Campaign:
                     details=True,
                 )
             if now > deadline + GIVE_UP:
-                raise CampaignStuck(f"fault #{fault.number}: the cluster did not heal: {why}")
+                raise CampaignStuck(
+                    f"fault #{fault.number} {fault.kind} {fault.detail}: the cluster did not "
+                    f"heal: {why}"
+                )
             time.sleep(0.1)
         end = self.watch.recovered_at(fault.at, time.monotonic())
         fault.outage = end is not None
@@ -693,10 +696,22 @@ class Campaign:
                     f"running afterwards: started again"
                 )
                 self.cluster.start_agent(server)
+        state = self.lab._state()
+        for number in MEMBERS:
+            if etcd.member_pid(self.lab.names, state, f"etcd{number}") is None:
+                self.results.anomalies.append(
+                    f"fault #{fault.number} {fault.kind} {fault.detail}: etcd{number} was not "
+                    f"running afterwards: started again"
+                )
+                self.say(f"etcd{number} is not running: starting it again")
+                self.lab.start_store_member(number)
         try:
             self._wait_whole(60)
         except AssertionError as exc:
-            raise CampaignStuck(f"fault #{fault.number}: the cluster is not whole: {exc}") from exc
+            raise CampaignStuck(
+                f"fault #{fault.number} {fault.kind} {fault.detail}: the cluster is not whole: "
+                f"{exc}"
+            ) from exc
 
     # --- the invariants -------------------------------------------------------------------------
 
