@@ -55,16 +55,7 @@ def mail_cluster(
         cluster = Cluster(lab, info, store)
         lab.add_client("client1")
         org = lab.add_mail_org(users=users)
-        servers = [s.name for s in info.servers]
-        for i, one in enumerate(servers):
-            for other in servers[i + 1 :]:
-                body = {
-                    "local": one,
-                    "local_address": info.server(one).address,
-                    "remote": other,
-                    "remote_address": info.server(other).address,
-                }
-                cluster.ok("POST", "/v1/commpaths", body)
+        cluster.connect_every_pair([s.name for s in info.servers])
         yield cluster, org
     finally:
         if cluster is not None:

@@ -433,15 +433,7 @@ class Campaign:
         self.cluster = Cluster(self.lab, info, "etcd")
         for client in self.cluster.clients.values():
             client.timeout = httpx.Timeout(10.0, connect=2.0)
-        for i, one in enumerate(SERVERS):
-            for other in SERVERS[i + 1 :]:
-                body = {
-                    "local": one,
-                    "local_address": info.server(one).address,
-                    "remote": other,
-                    "remote_address": info.server(other).address,
-                }
-                self.cluster.ok("POST", "/v1/commpaths", body)
+        self.cluster.connect_every_pair(SERVERS)
         self.work.mkdir(parents=True, exist_ok=True)
         Path(self.mount_point).mkdir(exist_ok=True)
         for server in SERVERS:

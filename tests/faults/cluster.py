@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,6 +133,18 @@ class Cluster:
         answer = self.request(method, path, body, server)
         assert answer.status_code == 200, f"{method} {path}: {answer.status_code} {answer.text}"
         return answer.json()
+
+    def connect_every_pair(self, servers: Sequence[str]) -> None:
+        """A comm path between every pair of ``servers``, on their lab addresses."""
+        for i, one in enumerate(servers):
+            for other in servers[i + 1 :]:
+                body = {
+                    "local": one,
+                    "local_address": self.info.server(one).address,
+                    "remote": other,
+                    "remote_address": self.info.server(other).address,
+                }
+                self.ok("POST", "/v1/commpaths", body)
 
     def status(self) -> dict[str, Any]:
         return self.ok("GET", "/v1/status")

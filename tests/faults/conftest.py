@@ -40,15 +40,7 @@ def _build(name: str, subnet: int, store: str) -> Iterator[Cluster]:
     try:
         info = lab_up(lab, len(SERVERS), store)
         cluster = Cluster(lab, info, store)
-        for i, one in enumerate(SERVERS):
-            for other in SERVERS[i + 1 :]:
-                body = {
-                    "local": one,
-                    "local_address": info.server(one).address,
-                    "remote": other,
-                    "remote_address": info.server(other).address,
-                }
-                cluster.ok("POST", "/v1/commpaths", body)
+        cluster.connect_every_pair(SERVERS)
         wait_until(
             lambda: all(p["state"] == "ALIVE" for p in cluster.ok("GET", "/v1/commpaths")),
             30,

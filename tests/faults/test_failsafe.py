@@ -69,15 +69,7 @@ def lab_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     cluster = None
     try:
         cluster = _up(lab, lease)
-        for i, one in enumerate(SERVERS):
-            for other in SERVERS[i + 1 :]:
-                body = {
-                    "local": one,
-                    "local_address": cluster.info.server(one).address,
-                    "remote": other,
-                    "remote_address": cluster.info.server(other).address,
-                }
-                cluster.ok("POST", "/v1/commpaths", body)
+        cluster.connect_every_pair(SERVERS)
         wait_until(
             lambda: all(p["state"] == "ALIVE" for p in cluster.ok("GET", "/v1/commpaths")),
             30,

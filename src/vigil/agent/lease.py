@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from vigil.agent.config import LeaseSettings
 from vigil.agent.timing import check_lease_timing
+from vigil.aio import within
 from vigil.errors import LeaseLost, StoreError
 from vigil.model.records import AliveRecord, key
 from vigil.store.base import Compare, Put, Store
@@ -207,8 +208,7 @@ class LeaseKeeper:
             budget = min(self.settings.request_timeout, self.trusted_until - sent)
             self._begin()
             try:
-                async with asyncio.timeout(budget):  # not wait_for: see kitrunner.run
-                    await self._renew_both()
+                await within(self._renew_both(), budget)  # see vigil.aio
             except LeaseLost as exc:
                 self._end(ok=True)  # the store answered: the lease is gone
                 return f"the store says the lease is gone ({exc})"

@@ -16,7 +16,7 @@ from vigil.engine import changes
 from vigil.errors import ValidationError
 from vigil.model.policies import HierarchyPolicy, ResourcePolicy, ServerPolicy
 from vigil.web.forms import Field, kit_fields, policy_fields
-from vigil.web.render import cached, operations_of, render, to_login, viewer_of
+from vigil.web.render import cached, missing, operations_of, render, to_login, viewer_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -48,7 +48,7 @@ async def resource_page(tag: str, request: Request) -> Response:
     try:
         changes.require_resource(cluster, tag)
     except ValidationError as exc:
-        return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
+        return missing(request, viewer, str(exc))
     view = views.resource_view(cluster, tag, operations_of(request).secret_fields)
     hierarchy = cluster.hierarchy(tag)
     kit = _kit(request, view.kit)
@@ -91,7 +91,7 @@ async def server_page(name: str, request: Request) -> Response:
     try:
         changes.require_server(cluster, name)
     except ValidationError as exc:
-        return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
+        return missing(request, viewer, str(exc))
     server = views.server_view(cluster, name)
     set_values = await recovery.server_policies(name, viewer.caller, request)
     stored = cluster.server_policies.get(name)

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from vigil.engine import changes
 from vigil.errors import ValidationError
-from vigil.web.render import cached, render, to_login, viewer_of
+from vigil.web.render import cached, missing, render, to_login, viewer_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -24,10 +24,10 @@ async def mail_page(tag: str, request: Request) -> Response:
     try:
         resource = changes.require_resource(cluster, tag)
     except ValidationError as exc:
-        return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
+        return missing(request, viewer, str(exc))
     if resource.kit != "mail":
         message = f"{tag} is a {resource.kit} resource, not a mail one"
-        return render(request, "missing.html", viewer, 404, message=message, digest="")
+        return missing(request, viewer, message)
     hierarchy = cluster.hierarchy(tag)
     return render(
         request,

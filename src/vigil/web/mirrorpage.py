@@ -28,7 +28,7 @@ from vigil.agent.mirrorops import active_server
 from vigil.api import mirror as mirror_api
 from vigil.engine import changes
 from vigil.errors import ValidationError, VigilError
-from vigil.web.render import Viewer, cached, render, to_login, viewer_of
+from vigil.web.render import Viewer, cached, missing, render, to_login, viewer_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -182,10 +182,6 @@ async def _actions(request: Request, tag: str) -> dict[str, Any]:
     return {"tag": tag, "source": source, "targets": targets, "actions_error": ""}
 
 
-def _missing(request: Request, viewer: Viewer, exc: ValidationError) -> Response:
-    return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
-
-
 @router.get("/ui/mirror/{tag}")
 async def mirror_page(tag: str, request: Request) -> Response:
     viewer = await viewer_of(request)
@@ -194,7 +190,7 @@ async def mirror_page(tag: str, request: Request) -> Response:
     try:
         actions = await _actions(request, tag)
     except ValidationError as exc:
-        return _missing(request, viewer, exc)
+        return missing(request, viewer, str(exc))
     cluster = await cached(request)
     context = {**await _states(request, viewer, tag), **actions}  # the store's source wins
     return render(

@@ -22,7 +22,7 @@ from vigil.engine import changes
 from vigil.errors import ValidationError
 from vigil.model.cluster import Cluster
 from vigil.web.live import feed_of
-from vigil.web.render import Viewer, cached, operations_of, render, to_login, viewer_of
+from vigil.web.render import Viewer, cached, missing, operations_of, render, to_login, viewer_of
 from vigil.web.timeline import failover_timelines
 
 router = APIRouter(include_in_schema=False)
@@ -123,10 +123,6 @@ async def _hierarchy(request: Request, viewer: Viewer, tag: str) -> dict[str, An
     }
 
 
-def _missing(request: Request, viewer: Viewer, exc: ValidationError) -> Response:
-    return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
-
-
 @router.get("/ui/hierarchies/{tag}")
 async def hierarchy_page(tag: str, request: Request) -> Response:
     viewer = await viewer_of(request)
@@ -135,7 +131,7 @@ async def hierarchy_page(tag: str, request: Request) -> Response:
     try:
         context = await _hierarchy(request, viewer, tag)
     except ValidationError as exc:
-        return _missing(request, viewer, exc)
+        return missing(request, viewer, str(exc))
     return render(request, "hierarchy.html", viewer, **context)
 
 
@@ -147,7 +143,7 @@ async def hierarchy_fragment(tag: str, request: Request) -> Response:
     try:
         context = await _hierarchy(request, viewer, tag)
     except ValidationError as exc:
-        return _missing(request, viewer, exc)
+        return missing(request, viewer, str(exc))
     return render(request, "_hierarchy.html", viewer, **context)
 
 
@@ -160,7 +156,7 @@ async def why_fragment(tag: str, request: Request) -> Response:
     try:
         why = await recovery.why(tag, viewer.caller, request)
     except ValidationError as exc:
-        return _missing(request, viewer, exc)
+        return missing(request, viewer, str(exc))
     cluster = await cached(request)
     hierarchy = cluster.hierarchy(tag)
     active = cluster.intended_server(hierarchy)
@@ -219,5 +215,5 @@ async def what_if_fragment(request: Request, server: str) -> Response:
     try:
         plan = await recovery.plan(server, viewer.caller, request)
     except ValidationError as exc:
-        return _missing(request, viewer, exc)
+        return missing(request, viewer, str(exc))
     return render(request, "_what_if.html", viewer, chosen=server, plan=plan)

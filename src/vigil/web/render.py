@@ -170,3 +170,8 @@ def render(
         request=request, viewer=viewer, agent=operations.server, **context
     )
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+def missing(request: Request, viewer: Viewer | None, message: str) -> HTMLResponse:
+    """The 404 page: what was asked for is not there (``message`` says what)."""
+    return render(request, "missing.html", viewer, 404, message=message, digest="")

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from vigil.engine import changes
 from vigil.errors import ValidationError
 from vigil.web.forms import kit_fields
-from vigil.web.render import cached, operations_of, render, to_login, viewer_of
+from vigil.web.render import cached, missing, operations_of, render, to_login, viewer_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -69,7 +69,7 @@ async def extend_page(tag: str, request: Request) -> Response:
     try:
         changes.require_resource(cluster, tag)
     except ValidationError as exc:
-        return render(request, "missing.html", viewer, 404, message=str(exc), digest="")
+        return missing(request, viewer, str(exc))
     hierarchy = cluster.hierarchy(tag)
     kits = _kits(request)
     extended = cluster.hierarchy_servers(hierarchy)
