@@ -99,14 +99,23 @@ def test_agent_sigstop_fenced_then_rejoins_without_resources(
     assert_fenced_before_takeover(cluster, "node1", stopped_at, guard_log)
     assert_lease_ended_by_observer(cluster, mark, "node1", "die2")
     assert cluster.states("die2")["node1"] == "UNKNOWN"
-    # the frozen agent wakes up: it finds its lease lost and rejoins, holding nothing
-    cluster.thaw_agent("node1")
+    # Frozen inside a write transaction of the embedded store, it would have stopped every
+    # other agent from writing: the guard ended it (vigil.store.locks), and it is started
+    # again. Otherwise the frozen agent wakes up, finds its lease lost and rejoins. Either
+    # way it holds nothing.
+    ended = "held the write lock of the store" in cluster.guard_log("node1")[guard_log:]
+    if ended:
+        cluster.frozen.discard("node1")
+        cluster.start_agent("node1")
+    else:
+        cluster.thaw_agent("node1")
     wait_until(lambda: cluster.server_view("node1")["state"] != "DEAD", 30, "node1 alive again")
     seen = cluster.wait_states("die2", {"node1": "OSU", "node2": "ISP", "node3": "OSU"})
     assert "node2" in seen["node1"]["reason"], seen["node1"]
     probe.steady(WEB, "node2", 3.0)
     log = cluster.agent_log("node1")[agent_log:]
-    assert re.search(r"lease \w+ lost", log) and "fencing node1" in log, log[-2000:]
+    if not ended:
+        assert re.search(r"lease \w+ lost", log) and "fencing node1" in log, log[-2000:]
 
 
 def test_link_cut_owner_fences_itself_and_backup_takes_over(

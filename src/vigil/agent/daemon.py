@@ -45,7 +45,7 @@ from vigil.model.cluster import Cluster
 from vigil.model.policies import StopMode
 from vigil.model.records import AliveRecord, ServerRecord, StoppedRecord, key
 from vigil.model.states import InstanceState
-from vigil.store import open_store
+from vigil.store import embedded_path, open_store
 from vigil.store.base import Delete, Store
 
 log = logging.getLogger("vigil.agent")
@@ -354,6 +354,7 @@ class Agent:
             list(template.mounts),
             renewed,
             self.config.lease.failsafe_hold,
+            store_file=embedded_path(self.config.store) or "",
         )
         try:
             plan.write(self.config.state_dir)

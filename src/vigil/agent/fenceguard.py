@@ -13,6 +13,12 @@ During a failsafe (the store unreachable for every agent, ``vigil.agent.failsafe
 moves the deadline on after each round the other agents confirm; the guard says so once per
 episode, and never waits past the last renewal's deadline plus ``failsafe_limit``.
 
+On the embedded store it also watches the store's write lock: an agent past its deadline
+that holds it for ``LOCK_HOLD_LIMIT`` (frozen inside a transaction) stops every other
+agent from writing, so no server could take its hierarchies over. The guard ends that agent
+(SIGKILL; the kernel drops its locks and SQLite discards the unfinished transaction), as a
+node watchdog resets a hung node; the agent, restarted, rejoins holding nothing.
+
 It runs under ``SCHED_RR`` (``vigil.agent.realtime``; the priority the agent passes, 10 when
 started without one, 0 for normal scheduling): a busy machine must not delay a fence.
 """
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +37,13 @@ from pathlib import Path
 from vigil.agent.fencing import FencePlan
 from vigil.agent.realtime import DEFAULT_PRIORITY, run_realtime
 from vigil.kits.cgroup import reap_cgroup, signal_cgroup
+from vigil.store.locks import exclusive_holders
 
 POLL = 0.02
+#: how long an agent past its deadline may hold the embedded store's write lock (a live
+#: agent's transaction lasts milliseconds; its own lock waits are bounded by the store's
+#: request timeout)
+LOCK_HOLD_LIMIT = 1.0
 
 
 def say(message: str) -> None:
@@ -68,10 +81,38 @@ def fence(plan: FencePlan, directory: Path) -> None:
             say(f"unmounted {mount}")
 
 
+class StoreLockWatch:
+    """Ends an agent that keeps the embedded store's write lock past its deadline."""
+
+    def __init__(self) -> None:
+        self.held_since: float | None = None
+
+    def check(self, plan: FencePlan, now: float) -> None:
+        if not plan.store_file or now < plan.due:
+            self.held_since = None
+            return
+        if plan.agent_pid not in exclusive_holders(Path(plan.store_file)):
+            self.held_since = None
+            return
+        if self.held_since is None:
+            self.held_since = now
+        if now - self.held_since < LOCK_HOLD_LIMIT:
+            return
+        self.held_since = None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(plan.agent_pid, signal.SIGKILL)
+            say(
+                f"agent {plan.agent_pid} has held the write lock of the store "
+                f"{plan.store_file} for {LOCK_HOLD_LIMIT:g}s past its deadline (frozen in a "
+                "transaction: no other server could take over): ended it (SIGKILL)"
+            )
+
+
 def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
     say(f"watching {directory}; {run_realtime(priority)}")
     fenced_for = None
     failsafe_for = None  # the renewal deadline of the failsafe episode last reported
+    store_lock = StoreLockWatch()
     while True:
         plan = FencePlan.read(directory)
         if plan is not None:
@@ -93,6 +134,8 @@ def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
                 )
                 fence(plan, directory)
                 fenced_for = plan.due
+            if plan.mode == "active":
+                store_lock.check(plan, time.monotonic())
         time.sleep(POLL)
 
 

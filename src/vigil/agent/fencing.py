@@ -112,6 +112,9 @@ class FencePlan:
     #: it a failsafe may move ``deadline`` (``vigil.agent.failsafe``)
     renewed: float = 0.0
     failsafe_limit: float = 0.0
+    #: the embedded store's database file ("" on etcd): an agent past its deadline that
+    #: keeps its write lock is ended by the guard (``vigil.store.locks``)
+    store_file: str = ""
 
     @property
     def due(self) -> float:

@@ -40,25 +40,33 @@ from vigil.store.base import (
 
 async def open_store(url: str, *, request_timeout: float = 2.0) -> Store:
     """Open a store client for ``url``. Raises ``ConfigError`` for an unknown scheme."""
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigError(
             f"store URL {url!r} has no scheme: use sqlite:///PATH or etcd://HOST:PORT"
         )
-    if scheme == "sqlite":
+    path = embedded_path(url)
+    if path is not None:
         from vigil.store.embedded import EmbeddedStore
 
-        if not rest.startswith("/"):
-            raise ConfigError(
-                f"store URL {url!r}: the SQLite path must be absolute (sqlite:///PATH)"
-            )
-        # sqlite:///var/x and sqlite:////var/x both name /var/x
-        return await EmbeddedStore.open("/" + rest.lstrip("/"), request_timeout=request_timeout)
+        return await EmbeddedStore.open(path, request_timeout=request_timeout)
     if scheme in ("etcd", "etcds"):
         return await _open_etcd(url, request_timeout=request_timeout)
     raise ConfigError(
         f"store URL {url!r}: unknown scheme {scheme!r} (supported: sqlite, etcd, etcds)"
     )
+
+
+def embedded_path(url: str) -> str | None:
+    """The database file of a ``sqlite:///PATH`` URL; ``None`` for any other scheme.
+    Raises ``ConfigError`` for a relative path."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "sqlite":
+        return None
+    if not rest.startswith("/"):
+        raise ConfigError(f"store URL {url!r}: the SQLite path must be absolute (sqlite:///PATH)")
+    # sqlite:///var/x and sqlite:////var/x both name /var/x
+    return "/" + rest.lstrip("/")
 
 
 _ETCD_OPTIONS = ("username", "password_file", "ca_file", "cert_file", "key_file")
