@@ -843,9 +843,17 @@ class Campaign:
             if what == "writer"
             else f"service-{WEB_PORT if what == 'web' else DB_PORT}.pid"
         )
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGKILL)
-        return f"{what} on {owner} (pid {pid})"
+        # the previous fault may have killed it a moment ago: its restart (local recovery)
+        # writes a new pid file; until then the file names a process that is gone
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text())
+                os.kill(pid, signal.SIGKILL)
+                return f"{what} on {owner} (pid {pid})"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pidfile} names no running {what} for 30 s")
+            time.sleep(0.1)
 
     def _fault_etcd_kill(self) -> str:
         leader = self.lab.store_leader()

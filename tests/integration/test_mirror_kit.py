@@ -7,7 +7,9 @@ The tests run in order and build on each other (lab ``tmirk``, subnet 72).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from tests.integration.helpers import Api
 from tests.integration.mirror_lab import MOUNT, TAG, MirrorLab, wait
+from vigil.kits.mirror.meta import MirrorPaths
 from vigil.lab.lab import Lab
 
 pytestmark = [
@@ -168,11 +171,23 @@ def test_out_of_service_then_in_service_on_the_last_source(mirror: MirrorLab) ->
     assert mirror.checksum("node1", "on-node2")
 
 
-def test_delete_leaves_no_process_and_no_mount(mirror: MirrorLab) -> None:
+def test_delete_leaves_no_process_no_mount_and_no_socket(mirror: MirrorLab) -> None:
+    sockets = [
+        MirrorPaths.of(mirror.info.root / server / "state" / "kits" / TAG).socket
+        for server in mirror.disks
+    ]
+    assert all(socket.exists() for socket in sockets), sockets
+    # a killed mirror process leaves its control socket behind: delete removes it (the
+    # target's: killing the source's would fail the hierarchy over first)
+    for line in _mirror_processes():
+        if "tmirk" in line and "/node2/" in line:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split(" ", 1)[0]), signal.SIGKILL)
     mirror.delete()
     listed = mirror.api.get(f"/v1/resources/{TAG}")
     assert listed.status_code == 404
     assert not [p for p in _mirror_processes() if "tmirk" in p], _mirror_processes()
+    assert not [socket for socket in sockets if socket.exists()]
 
 
 def _mirror_processes() -> list[str]:
@@ -184,5 +199,5 @@ def _mirror_processes() -> list[str]:
             except OSError:
                 continue
             if b"vigil.kits.mirror.daemon" in cmdline:
-                found.append(cmdline.replace(b"\0", b" ").decode())
+                found.append(f"{entry.name} " + cmdline.replace(b"\0", b" ").decode())
     return found
