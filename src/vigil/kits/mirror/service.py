@@ -155,6 +155,7 @@ async def stop(paths: MirrorPaths, log: Logger, wait: float = STOP_WAIT) -> bool
     status = paths.read_status()
     pid = status.get("pid") if status else None
     if not isinstance(pid, int) or not _is_daemon(pid):
+        _drop_stale_socket(paths)
         return False
     with contextlib.suppress(control.ControlUnavailable):
         await asyncio.to_thread(control.ask, paths.socket, {"command": "stop"}, 5.0)
@@ -163,7 +164,16 @@ async def stop(paths: MirrorPaths, log: Logger, wait: float = STOP_WAIT) -> bool
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         await until(lambda: not _is_daemon(pid), 5.0)
+    _drop_stale_socket(paths)
     return True
+
+
+def _drop_stale_socket(paths: MirrorPaths) -> None:
+    """Remove the control socket a killed mirror process left in ``SOCKET_DIR`` (outside
+    the mirror's directory: deleting the mirror would not take it). Called once no mirror
+    process of this directory runs (under the kit's lock: none is starting either)."""
+    with contextlib.suppress(OSError):
+        paths.socket.unlink(missing_ok=True)
 
 
 async def until(condition: Callable[[], bool], seconds: float, poll: float = 0.05) -> bool:

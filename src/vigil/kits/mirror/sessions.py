@@ -44,13 +44,28 @@ _Parts = list[bytes | memoryview]
 
 @dataclass
 class Progress:
-    """A resync under way."""
+    """A resync under way. A region counts as done once the target acknowledged it (sent
+    is not done: a resync queues ahead of a slow link, and its percent and ETA must say
+    what the target has)."""
 
     kind: str  # partial or full
     total: int  # regions
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     bytes: int = 0
+    #: (sequence number, bytes) of each region sent and not yet acknowledged, in order;
+    #: appended by the resync worker, taken by the acknowledgement reader
+    unacked: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
+
+    def sent(self, seq: int, length: int) -> None:
+        self.unacked.append((seq, length))
+
+    def acknowledged(self, seq: int) -> None:
+        """The target has every frame up to ``seq``."""
+        while self.unacked and self.unacked[0][0] <= seq:
+            _, length = self.unacked.popleft()
+            self.done += 1
+            self.bytes += length
 
     def view(self) -> dict[str, float | int | str]:
         elapsed = max(time.monotonic() - self.started, 1e-3)
@@ -193,6 +208,9 @@ class Session:
             self.last_heard = time.monotonic()
             if frame.kind == Kind.ACK and frame.seq > self.acked:
                 self.acked = frame.seq
+                progress = self.progress  # set to None by promote, from this thread too
+                if progress is not None:
+                    progress.acknowledged(frame.seq)
                 self.source.acknowledged(self)
 
     def _drain(self) -> None:
@@ -233,9 +251,9 @@ class Session:
                     source.writer.wait_range(offset, length)
                 data = os.pread(source.disk, length, offset)
                 payload, flags = compress(data) if compressing else (data, 0)
-                frame = Link.frame(Kind.RESYNC, source.next_seq(), offset, payload, flags)
+                seq = source.next_seq()
+                progress.sent(seq, length)  # before it can be acknowledged
+                frame = Link.frame(Kind.RESYNC, seq, offset, payload, flags)
                 self.deliver(frame, len(payload), force=True)
-            progress.done += 1
-            progress.bytes += length
         if not self.abandoned.is_set():
             source.resynced(self)
