@@ -175,6 +175,10 @@ def member_pid(names: LabNames, state: LabState, member: str) -> int | None:
         return None
     key = namespaces.ns_key_of_kind(NETNS_DIR / record.netns, "net")
     if key is None or namespaces.ns_key(f"/proc/{pid}/ns/net") != key:
+        if processes.still_entering(pid):
+            # just started (nsenter has not entered the member yet): taken for gone, it
+            # was started a second time, and one of the two failed to bind its ports
+            return pid
         return None  # the pid was reused by a process outside the member
     return pid
 

@@ -460,7 +460,7 @@ class Lab:
             return None
         key = namespaces.ns_key_of_kind(self.names.netns_path(server), "net")
         if namespaces.ns_key(f"/proc/{pid}/ns/net") != key:
-            if _still_entering(pid):
+            if processes.still_entering(pid):
                 return pid  # nsenter has not entered the server's namespaces yet
             return None  # the pid was reused by a process outside the server
         return pid
@@ -547,12 +547,3 @@ class Lab:
         from vigil.lab.status import lab_status
 
         return lab_status(self, check_api=check_api)
-
-
-def _still_entering(pid: int) -> bool:
-    """Whether ``pid`` is our ``nsenter`` that has not switched namespaces yet."""
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-    except OSError:
-        return False
-    return argv0.endswith(b"nsenter")

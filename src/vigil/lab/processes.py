@@ -53,6 +53,17 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X", "x")
 
 
+def still_entering(pid: int) -> bool:
+    """Whether ``pid`` is an ``nsenter`` of ours that has not switched namespaces yet (a
+    process just started in a lab server or store member: its namespaces are not the
+    target's for a moment)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return argv0.endswith(b"nsenter")
+
+
 def describe(pid: int) -> str:
     """``pid`` and its command line, for messages."""
     try:
