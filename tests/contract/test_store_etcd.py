@@ -117,7 +117,8 @@ async def test_a_dead_first_endpoint_fails_over_and_is_remembered(
         start = time.monotonic()
         for _ in range(10):
             assert await store.get("k") is not None
-        assert time.monotonic() - start < 0.5
+        # not a 1 s timeout on the silent one each time (10 s); the margin is for load
+        assert time.monotonic() - start < 5.0
 
 
 async def test_errors_name_every_endpoint_tried(tmp_path: Path) -> None:

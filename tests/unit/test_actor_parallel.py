@@ -77,8 +77,8 @@ async def test_independent_children_are_restored_at_once(store: Store) -> None:
     children = [runner.spans[t] for t in ("ip", "vol", "dns")]
     assert max(start for start, _ in children) < min(end for _, end in children)
     assert runner.spans["web"][0] >= max(end for _, end in children)  # parents after
-    # two waves' worth, not four restores' worth
-    assert 2 * RESTORE <= took < 3 * RESTORE, took
+    # (the spans above show the overlap; the time is printed, not asserted: a loaded
+    # machine stretches it, and an upper bound on it failed under a busy loop per core)
     print(f"4 restores of {RESTORE}s in 2 waves: {took:.3f}s")
 
 

@@ -86,7 +86,8 @@ async def test_a_waiting_request_is_answered_by_the_next_event(
     await write_event(store, "next")
     answer = (await asyncio.wait_for(waiting, 10)).json()
     assert [e["message"] for e in answer] == ["next"]
-    assert time.monotonic() - written < 1.0  # on the watch, not at the end of the wait
+    # on the watch, not at the end of the 10 s wait (the margin is for a loaded machine)
+    assert time.monotonic() - written < 5.0
     start = time.monotonic()
     answer = (await client.get("/v1/events", params={"after": "~", "wait": 0.3})).json()
     assert answer == [] and time.monotonic() - start >= 0.3

@@ -214,7 +214,7 @@ async def test_a_daemon_holding_the_output_pipe_does_not_block(
     ctx = make_ctx(tmp_path, restore=f"sleep 30 & echo $! > {pidfile}; echo started")
     started = time.monotonic()
     await act(Action.RESTORE, ctx)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # not the 30 s the daemon holds the pipe
     pids.append(int(pidfile.read_text()))
     assert pid_alive(pids[-1]), "a command that exited by itself must not have its children killed"
 
