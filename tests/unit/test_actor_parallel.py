@@ -85,3 +85,32 @@ async def test_independent_children_are_restored_at_once(store: Store) -> None:
 async def _claimed(_cluster: object, step: Step) -> dict[str, int]:
     """The claim, granted: each claimed tag with its fencing epoch."""
     return dict.fromkeys(step.claim, 7)
+
+
+async def test_nothing_is_started_once_the_lease_cannot_be_trusted(store: Store) -> None:
+    """An agent frozen during a restore (its lease lost, the hierarchy perhaps taken over
+    meanwhile) starts no further resource when it runs again (campaign fault #870)."""
+    cluster = make_cluster(
+        resources={tag: {"n1": 1} for tag in ("web", "ip")},
+        deps=[("web", "ip")],
+        intents={"web": "n1"},
+    )
+    tags = frozenset(("web", "ip"))
+    waves = restore_waves(cluster, tags)
+    step = Step(
+        StepKind.RESTORE,
+        "web",
+        tags,
+        "restoring web on n1 (test)",
+        waves=tuple(tuple(w) for w in waves),
+        claim=tags,
+        intent_revision=cluster.intent_revision(cluster.hierarchy("web")),
+    )
+    runner = SlowRunner()
+    actor = Actor(store, runner, "n1", lambda: 0)  # type: ignore[arg-type]
+    actor.claim = _claimed  # type: ignore[method-assign]
+    # trusted while the first wave (ip) starts, no longer once it is done
+    actor.trusted = lambda: "ip" not in runner.spans
+    await actor._restore(cluster, step)
+    assert set(runner.spans) == {"ip"}  # web was never started
+    assert "web" not in actor.local.running

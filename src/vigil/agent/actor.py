@@ -39,6 +39,10 @@ class Actor:
         self.runner = runner
         self.server = server
         self.lease_id = lease_id
+        #: whether this server's lease can be trusted now (set by the daemon): checked just
+        #: before each restore action, so that an agent frozen or starved past its lease
+        #: (and perhaps taken over meanwhile) starts nothing when it runs again
+        self.trusted: Callable[[], bool] = lambda: True
         self.local = LocalState()
         self.started_at = time.time()
         #: what report_standby last read when it found nothing to write
@@ -93,6 +97,14 @@ class Actor:
                     for tag in todo
                 )
             )
+            if not self.trusted():
+                # the lease's loss takes everything here out of service (and fences)
+                log.warning(
+                    "%s: restore on %s stopped: this server's lease cannot be trusted now",
+                    step.hierarchy,
+                    self.server,
+                )
+                return
             failures = [msg for msg in results if msg]
             if failures:
                 await self._abandon(cluster, step, failures)
@@ -106,6 +118,8 @@ class Actor:
 
     async def _restore_one(self, resource: Resource, epoch: int, step: Step) -> str | None:
         tag = resource.tag
+        if not self.trusted():
+            return f"{tag}: not started: this server's lease cannot be trusted now"
         self.local.restoring(resource)
         try:
             await self.runner.restore(resource, epoch)

@@ -121,8 +121,9 @@ class Agent:
         self.actor = Actor(
             self.store, runner, self.server, lambda: self.lease.lease_id if self.lease else 0
         )
+        self.actor.trusted = lambda: bool(self.lease and self.lease.valid())
         self.cache = ClusterCache(self.store)
-        self.cycle = Cycle(self.cache, self.actor, lambda: bool(self.lease and self.lease.valid()))
+        self.cycle = Cycle(self.cache, self.actor, self.actor.trusted)
         runner.view = lambda: self.cluster  # what a kit may see of its neighbours
         runner.notify = self.actor.event
         paths = PathMonitor(self.store, self.server, self.config.api.port)
