@@ -15,7 +15,7 @@ from tests.unit.builders import make_cluster
 from vigil.agent.actor import Actor
 from vigil.engine.order import restore_waves
 from vigil.engine.plan import Step, StepKind
-from vigil.model.cluster import Resource
+from vigil.model.cluster import Cluster, Resource
 from vigil.store.base import Store
 from vigil.store.embedded import EmbeddedStore
 
@@ -57,18 +57,7 @@ async def test_independent_children_are_restored_at_once(store: Store) -> None:
     tags = frozenset(("web", "ip", "vol", "dns"))
     waves = restore_waves(cluster, tags)
     assert [sorted(w) for w in waves] == [["dns", "ip", "vol"], ["web"]]
-    step = Step(
-        StepKind.RESTORE,
-        "web",
-        tags,
-        "restoring web on n1 (test)",
-        waves=tuple(tuple(w) for w in waves),
-        claim=tags,
-        intent_revision=cluster.intent_revision(cluster.hierarchy("web")),
-    )
-    runner = SlowRunner()
-    actor = Actor(store, runner, "n1", lambda: 0)  # type: ignore[arg-type]
-    actor.claim = _claimed  # type: ignore[method-assign]
+    step, runner, actor = _restoring_web(store, cluster, tags, waves)
     began = time.monotonic()
     await actor._restore(cluster, step)
     took = time.monotonic() - began
@@ -97,6 +86,18 @@ async def test_nothing_is_started_once_the_lease_cannot_be_trusted(store: Store)
     )
     tags = frozenset(("web", "ip"))
     waves = restore_waves(cluster, tags)
+    step, runner, actor = _restoring_web(store, cluster, tags, waves)
+    # trusted while the first wave (ip) starts, no longer once it is done
+    actor.trusted = lambda: "ip" not in runner.spans
+    await actor._restore(cluster, step)
+    assert set(runner.spans) == {"ip"}  # web was never started
+    assert "web" not in actor.local.running
+
+
+def _restoring_web(
+    store: Store, cluster: Cluster, tags: frozenset[str], waves: list[list[str]]
+) -> tuple[Step, SlowRunner, Actor]:
+    """The step that restores ``web`` on n1, and an actor with a slow runner to carry it out."""
     step = Step(
         StepKind.RESTORE,
         "web",
@@ -109,8 +110,4 @@ async def test_nothing_is_started_once_the_lease_cannot_be_trusted(store: Store)
     runner = SlowRunner()
     actor = Actor(store, runner, "n1", lambda: 0)  # type: ignore[arg-type]
     actor.claim = _claimed  # type: ignore[method-assign]
-    # trusted while the first wave (ip) starts, no longer once it is done
-    actor.trusted = lambda: "ip" not in runner.spans
-    await actor._restore(cluster, step)
-    assert set(runner.spans) == {"ip"}  # web was never started
-    assert "web" not in actor.local.running
+    return step, runner, actor
