@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import wait_until
+from tests.integration.helpers import wait_for
 from vigil.agent.fencing import FencePlan
 from vigil.errors import StoreUnavailable
 from vigil.store.base import Put
@@ -103,7 +103,7 @@ def test_the_guard_ends_an_agent_frozen_in_a_transaction_past_its_deadline(
 ) -> None:
     pid = _hold(database, "freeze", holders)
     frozen = holders[0]
-    wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split()[2] == "T", 10, "frozen")
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split()[2] == "T", 10, "frozen")
     state = tmp_path / "state"
     due_in = 2.0
     FencePlan("node1", pid, deadline=time.monotonic() + due_in, store_file=str(database)).write(
@@ -120,7 +120,7 @@ def test_the_guard_ends_an_agent_frozen_in_a_transaction_past_its_deadline(
         # before its deadline a lock holder is left alone, however long it holds
         time.sleep(due_in - 0.5)
         assert frozen.poll() is None
-        wait_until(lambda: frozen.poll() is not None, 30, "the frozen writer ended")
+        wait_for(lambda: frozen.poll() is not None, 30, "the frozen writer ended")
         assert time.monotonic() - started >= due_in
         assert frozen.returncode == -signal.SIGKILL
         asyncio.run(_write(database))  # the store is writable again

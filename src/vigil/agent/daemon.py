@@ -61,6 +61,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig, kits: KitRegistry | None = None) -> None:
         self.config = config
+        #: the embedded store's database file for the fence guard ("" on etcd)
+        self._store_file = embedded_path(config.store) or ""
         self.server = config.server
         self.kits = kits or load_kits()
         self.store: Store | None = None
@@ -355,7 +357,7 @@ class Agent:
             list(template.mounts),
             renewed,
             self.config.lease.failsafe_hold,
-            store_file=embedded_path(self.config.store) or "",
+            store_file=self._store_file,
         )
         try:
             plan.write(self.config.state_dir)

@@ -170,17 +170,7 @@ def member_pid(names: LabNames, state: LabState, member: str) -> int | None:
     """The pid of ``member``'s etcd if it runs inside the member (not stopped: a SIGSTOPped
     etcd still counts), else ``None``."""
     record = _record(names, state, member)
-    pid = record.pid
-    if pid is None or not processes.is_alive(pid):
-        return None
-    key = namespaces.ns_key_of_kind(NETNS_DIR / record.netns, "net")
-    if key is None or namespaces.ns_key(f"/proc/{pid}/ns/net") != key:
-        if processes.still_entering(pid):
-            # just started (nsenter has not entered the member yet): taken for gone, it
-            # was started a second time, and one of the two failed to bind its ports
-            return pid
-        return None  # the pid was reused by a process outside the member
-    return pid
+    return processes.running_in(record.pid, NETNS_DIR / record.netns)
 
 
 def namespace_keys(names: LabNames, state: LabState | None) -> set[tuple[int, int]]:

@@ -455,15 +455,7 @@ class Lab:
         record = self._state().servers.get(server)
         if record is None:
             raise LabError(f"lab {self.name} has no server {server!r}")
-        pid = record.agent_pid
-        if pid is None or not processes.is_alive(pid):
-            return None
-        key = namespaces.ns_key_of_kind(self.names.netns_path(server), "net")
-        if namespaces.ns_key(f"/proc/{pid}/ns/net") != key:
-            if processes.still_entering(pid):
-                return pid  # nsenter has not entered the server's namespaces yet
-            return None  # the pid was reused by a process outside the server
-        return pid
+        return processes.running_in(record.agent_pid, self.names.netns_path(server))
 
     def _set_agent_pid(self, server: str, pid: int | None) -> None:
         state = self._state()

@@ -18,6 +18,8 @@ import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from vigil.lab import namespaces
+
 POLL_INTERVAL = 0.05
 
 
@@ -53,10 +55,21 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X", "x")
 
 
-def still_entering(pid: int) -> bool:
-    """Whether ``pid`` is an ``nsenter`` of ours that has not switched namespaces yet (a
-    process just started in a lab server or store member: its namespaces are not the
-    target's for a moment)."""
+def running_in(pid: int | None, netns: Path) -> int | None:
+    """``pid`` if it runs inside the network namespace ``netns`` (a lab server or store
+    member), else ``None`` (gone, or the pid reused by a process outside). A process just
+    started counts too while its ``nsenter`` has not entered yet: taken for gone, it would
+    be started a second time (two etcds racing for one member's ports)."""
+    if pid is None or not is_alive(pid):
+        return None
+    key = namespaces.ns_key_of_kind(netns, "net")
+    if key is not None and namespaces.ns_key(f"/proc/{pid}/ns/net") == key:
+        return pid
+    return pid if _still_entering(pid) else None
+
+
+def _still_entering(pid: int) -> bool:
+    """Whether ``pid`` is an ``nsenter`` of ours that has not switched namespaces yet."""
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except OSError:
