@@ -9,6 +9,13 @@ resources' cgroups, deletes their addresses and lazily unmounts their volumes, o
 deadline, and logs what it did. The agent's lease cannot have expired for any other server
 yet: the plan's deadline lies a safety margin before that.
 
+Until the agent renews (a new plan), the guard keeps sweeping: every ``SWEEP_INTERVAL`` it
+kills whatever runs in the plan's cgroups again and, while the agent process still runs,
+takes the plan's addresses and mounts away again. An agent frozen between its last trust
+check and the start of a service (or a child it forked and had not yet moved into the
+cgroup) would otherwise, thawed, bring a service up on a server whose hierarchies another
+server has taken over.
+
 During a failsafe (the store unreachable for every agent, ``vigil.agent.failsafe``) the agent
 moves the deadline on after each round the other agents confirm; the guard says so once per
 episode, and never waits past the last renewal's deadline plus ``failsafe_limit``.
@@ -34,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from vigil.agent.fencing import FencePlan
+from vigil.agent.fencing import FencePlan, process_state
 from vigil.agent.realtime import DEFAULT_PRIORITY, run_realtime
 from vigil.kits.cgroup import reap_cgroup, signal_cgroup
 from vigil.store.locks import exclusive_holders
@@ -44,6 +51,8 @@ POLL = 0.02
 #: agent's transaction lasts milliseconds; its own lock waits are bounded by the store's
 #: request timeout)
 LOCK_HOLD_LIMIT = 1.0
+#: after a fence, how often the guard undoes again what came back of the plan
+SWEEP_INTERVAL = 0.2
 
 
 def say(message: str) -> None:
@@ -81,6 +90,33 @@ def fence(plan: FencePlan, directory: Path) -> None:
             say(f"unmounted {mount}")
 
 
+def sweep(plan: FencePlan, agent_runs: bool) -> None:
+    """After a fence, while the agent has not renewed: undo whatever of the plan is back.
+    Addresses and mounts only while the agent runs (nothing else adds them); a cgroup
+    whatever the agent's state (a child it forked joins its cgroup on its own)."""
+    for cgroup in plan.cgroups:
+        if pids := signal_cgroup(Path(cgroup)):
+            say(
+                f"processes of {Path(cgroup).name} started after the fence (agent "
+                f"{plan.agent_pid} has not renewed its lease): killed {pids}"
+            )
+    if not agent_runs:
+        return
+    for address, prefix, interface in plan.addresses:
+        result = subprocess.run(
+            ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            say(f"address {address}/{prefix} on {interface} came back after the fence: deleted")
+    for mount in plan.mounts:
+        if os.path.ismount(mount):
+            result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+            if result.returncode == 0:
+                say(f"{mount} mounted again after the fence: unmounted")
+
+
 class StoreLockWatch:
     """Ends an agent that keeps the embedded store's write lock past its deadline."""
 
@@ -113,6 +149,7 @@ def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
     fenced_for = None
     failsafe_for = None  # the renewal deadline of the failsafe episode last reported
     store_lock = StoreLockWatch()
+    swept = 0.0
     while True:
         plan = FencePlan.read(directory)
         if plan is not None:
@@ -133,7 +170,10 @@ def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
                     f"({late:.3f}s ago): fencing"
                 )
                 fence(plan, directory)
-                fenced_for = plan.due
+                fenced_for, swept = plan.due, time.monotonic()
+            elif due and fenced_for == plan.due and time.monotonic() - swept >= SWEEP_INTERVAL:
+                sweep(plan, process_state(plan.agent_pid) not in ("", "T", "t", "Z", "X"))
+                swept = time.monotonic()
             if plan.mode == "active":
                 store_lock.check(plan, time.monotonic())
         time.sleep(POLL)

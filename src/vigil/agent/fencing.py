@@ -169,10 +169,17 @@ def ensure_guard(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
     return guard.pid
 
 
+def process_state(pid: int) -> str:
+    """The process's state letter from ``/proc`` (R, S, T, Z, ...); "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
+    except OSError:
         return False
-    return state != "Z" and b"vigil.agent.fenceguard" in cmdline
+    return process_state(pid) not in ("", "Z") and b"vigil.agent.fenceguard" in cmdline
