@@ -70,12 +70,7 @@ def fence(plan: FencePlan, directory: Path) -> None:
         if pids:
             say(f"killed {len(pids)} process(es) of {Path(cgroup).name}: {pids}")
     for address, prefix, interface in plan.addresses:
-        result = subprocess.run(
-            ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
-            capture_output=True,
-            check=False,
-        )
-        if result.returncode == 0:
+        if _run("ip", "addr", "del", f"{address}/{prefix}", "dev", interface):
             say(f"deleted address {address}/{prefix} from {interface}")
     with contextlib.suppress(OSError):  # atomically: tests and tools read it
         marker = directory / "fenced.json.tmp"
@@ -85,8 +80,7 @@ def fence(plan: FencePlan, directory: Path) -> None:
         if not reap_cgroup(Path(cgroup)):
             say(f"processes of {Path(cgroup).name} still there after SIGKILL: {cgroup}")
     for mount in plan.mounts:
-        result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-        if result.returncode == 0:
+        if _run("umount", "-l", mount):
             say(f"unmounted {mount}")
 
 
@@ -103,18 +97,16 @@ def sweep(plan: FencePlan, agent_runs: bool) -> None:
     if not agent_runs:
         return
     for address, prefix, interface in plan.addresses:
-        result = subprocess.run(
-            ["ip", "addr", "del", f"{address}/{prefix}", "dev", interface],
-            capture_output=True,
-            check=False,
-        )
-        if result.returncode == 0:
+        if _run("ip", "addr", "del", f"{address}/{prefix}", "dev", interface):
             say(f"address {address}/{prefix} on {interface} came back after the fence: deleted")
     for mount in plan.mounts:
-        if os.path.ismount(mount):
-            result = subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-            if result.returncode == 0:
-                say(f"{mount} mounted again after the fence: unmounted")
+        if os.path.ismount(mount) and _run("umount", "-l", mount):
+            say(f"{mount} mounted again after the fence: unmounted")
+
+
+def _run(*argv: str) -> bool:
+    """Whether the command succeeded (an address already gone, a volume not mounted: no)."""
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
 class StoreLockWatch:
