@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -262,6 +263,45 @@ def test_multi_mount_protection_refuses_a_second_server(
     assert not node2.ns.mounted(mount_point) and not host_mounts(mount_point)
     assert node1.ns.mounted(mount_point)
     print(f"multi-mount protection refused the second mount after {waited:.1f}s")
+
+
+def test_a_mount_that_ends_during_the_kernels_check_lets_the_next_one_through(
+    servers: tuple[Server, Server],
+    disk: SharedDisk,
+    mount_point: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failover begun while the old owner still unmounts: the kernel's multi-mount check
+    (11 s here) would end in a refusal; the kit sees the block turn clean and mounts."""
+    node1, node2 = servers
+    old = node1.context(**props(node1, disk, mount_point))
+    node1.act(lambda: KIT.restore(old))
+    outcome: list[BaseException | None] = []
+
+    def take_over() -> None:
+        try:
+            node2.act(lambda: KIT.restore(node2.context(**props(node2, disk, mount_point))))
+            outcome.append(None)
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    caplog.set_level(logging.INFO, logger="vigil.kit.volume.vol")
+    started = time.monotonic()
+    taker = threading.Thread(target=take_over)
+    taker.start()
+    # the takeover's mount is inside the kernel's check once the kit reads the block
+    # while it is still in use
+    time.sleep(2.0)
+    node1.act(lambda: KIT.remove(old))
+    taker.join(timeout=60)
+    took = time.monotonic() - started
+    assert outcome == [None], outcome
+    assert node2.ns.mounted(mount_point) and not node1.ns.mounted(mount_point)
+    said = caplog.text
+    assert "ended while the kernel's multi-mount check waited" in said, said
+    assert "trying again" not in said  # no refusal came back from the kernel
+    # the kernel's check alone lasts 2 x 5 + 1 s: the mount did not wait it out
+    assert took < 11.0, took
 
 
 # --- service ------------------------------------------------------------------------------

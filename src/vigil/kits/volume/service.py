@@ -165,6 +165,60 @@ MMP_ATTEMPTS = 2
 MMP_RETRY_ROOM = 15.0
 
 
+#: how often a mount that multi-mount protection holds back reads the MMP block
+MMP_WATCH_INTERVAL = 0.2
+
+
+async def _mount_until_freed(
+    volume: Volume, argv: list[str], deadline: float
+) -> CommandResult | None:
+    """Mount; None when cut short because the volume was freed meanwhile.
+
+    A failover can begin while the old owner's unmount is still under way (its remove runs
+    until its lease ends everywhere). The kernel, finding the MMP block in use, then waits
+    2 x max(5, 2 x mmp_update_interval) + 1 s (11 s at the least) and refuses the mount
+    because the block changed, even when the change is that mount ending cleanly. So while
+    the kernel waits, the block is read here too; once it says clean, the mount is killed
+    (a signal ends the kernel's wait: "MMP startup interrupted", nothing is mounted) and the
+    caller mounts again, which the clean block lets through at once. A server that died
+    holding the volume never marks it clean: then the kernel's check runs its course."""
+    mounting = asyncio.ensure_future(_run(volume, argv, deadline, "mount"))
+    freed = asyncio.ensure_future(_mmp_freed(volume))
+    try:
+        await asyncio.wait((mounting, freed), return_when=asyncio.FIRST_COMPLETED)
+        if mounting.done() or not freed.done() or not freed.result():
+            return await mounting
+        volume.log.info(
+            "%s: the other mount of %s ended while the kernel's multi-mount check waited: "
+            "cutting the wait short, mounting again",
+            volume.where,
+            volume.properties.device,
+        )
+    finally:
+        freed.cancel()
+        mounting.cancel()  # nothing when it is done; else its process group is killed
+        await asyncio.gather(mounting, return_exceptions=True)
+    return None
+
+
+async def _mmp_freed(volume: Volume) -> bool:
+    """True once the MMP block turns clean after being in use (returns at once, False, when
+    it has no MMP block or is not in use: the kernel does not wait then)."""
+    in_use = False
+    while volume.properties.is_ext:
+        try:
+            sequence = (await ext_state(volume.properties.device, PROBE_LOG)).mmp_sequence
+        except (KitError, OSError):
+            return False
+        if sequence == MMP_SEQ_CLEAN:
+            return in_use
+        if sequence is None or sequence == MMP_SEQ_FSCK:
+            return False
+        in_use = True
+        await asyncio.sleep(MMP_WATCH_INTERVAL)
+    return False
+
+
 async def _run(volume: Volume, argv: list[str], deadline: float, label: str) -> CommandResult:
     remaining = max(deadline - time.monotonic(), 1.0)
     return await run_command(
@@ -206,7 +260,11 @@ async def mount(volume: Volume, deadline: float) -> None:
     await asyncio.to_thread(os.makedirs, p.mount_point, 0o755, True)
     argv = ["mount", "-t", p.filesystem_type, *(["-o", p.mount_options] if p.options else [])]
     for attempt in range(1, MMP_ATTEMPTS + 1):
-        result = await _run(volume, [*argv, p.device, p.mount_point], deadline, "mount")
+        result = await _mount_until_freed(volume, [*argv, p.device, p.mount_point], deadline)
+        if result is None:  # the other server's mount ended: mount again at once
+            if _refuse_misplaced(volume, number, mt.read_mounts()):
+                break  # the kernel's check had just ended (and mounted) when cut short
+            continue
         if result.ok:
             break
         refusal = await _mmp_refusal(volume)
