@@ -624,6 +624,7 @@ class Campaign:
 
     def _one(self, fault: Fault) -> None:
         time.sleep(self.rng.uniform(*self.timing.pause))  # at a random phase of every cycle
+        self._wait_unprovoked(fault.number)
         fault.at = time.monotonic()
         inject = getattr(self, f"_fault_{fault.kind.replace('-', '_')}")
         fault.detail = inject()
@@ -634,6 +635,26 @@ class Campaign:
         self._check_records(full=False, fault=fault)
         took = "NOT RECOVERED" if fault.recovery is None else f"recovered in {fault.recovery:.2f}s"
         self.say(f"#{fault.number} {fault.kind} {fault.detail}: {took}")
+
+    def _wait_unprovoked(self, number: int) -> None:
+        """An outage no fault caused, begun since the last recovery (a server whose lease
+        renewals timed out under load fences itself, and its hierarchies move): an anomaly,
+        with its events and its recovery time, waited out before the next fault (whose
+        injection may need every hierarchy in service, and whose recovery it would blur)."""
+        try:
+            why = self.in_service()
+        except (AssertionError, httpx.HTTPError) as exc:
+            why = f"the API: {exc}"
+        if not why:
+            return
+        details = self._details()
+        outage = Fault(number, "unprovoked", "before the fault", time.monotonic())
+        self._wait_recovered(outage)
+        self.results.anomalies.append(
+            f"before fault #{number}, an outage no fault caused ({why}), over "
+            f"{outage.recovery or 0.0:.2f}s after it was seen:\n{details}"
+        )
+        self.say(f"before #{number}: an outage no fault caused ({why}): waited it out")
 
     def _wait_recovered(self, fault: Fault) -> None:
         """Wait until every hierarchy is in service and answering on its server, and has
