@@ -20,8 +20,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from vigil.agent import housekeeping, intents
 from vigil.agent.actor import Actor
@@ -54,6 +54,7 @@ log = logging.getLogger("vigil.agent")
 STORE_TIMEOUT = 2.0
 #: how often an agent that cannot reach its store at start tries again
 STORE_RETRY = 0.5
+T = TypeVar("T")
 
 
 class Agent:
@@ -110,7 +111,7 @@ class Agent:
             self._write_plan,
             failsafe=self.failsafe,
         )
-        await self.lease.check_timing()  # ConfigError when the lease timing is unsafe
+        await self._patiently(self.lease.check_timing)  # ConfigError: unsafe timing
         runner = KitRunner(
             self.kits,
             self.server,
@@ -136,7 +137,7 @@ class Agent:
             await self.failsafe.listen(
                 where.listen, where.port, self.lease.store_unreachable, heard
             )
-        await self._join()
+        await self._patiently(self._join)
         # renewals start before the probe: a slow probe must not cost the lease
         tasks = self._tasks = [asyncio.create_task(self.lease.run(), name="lease")]
         tasks[0].add_done_callback(self._lease_ended)
@@ -168,14 +169,22 @@ class Agent:
                 await asyncio.gather(api, return_exceptions=True)
 
     async def _open_store(self, request_timeout: float) -> Store:
-        """A store connection, waiting as long as the store is unreachable or busy: an agent
-        started at boot may come up before its store, and several agents opening one
-        embedded store at once wait for each other's lock. Settings it can never use
-        (``ConfigError``) and an agent asked to stop end the wait."""
+        """A store connection, waiting as long as the store is unreachable or busy."""
+        return await self._patiently(
+            lambda: open_store(self.config.store, request_timeout=request_timeout)
+        )
+
+    async def _patiently(self, action: Callable[[], Awaitable[T]]) -> T:
+        """``action``, tried again as long as the store is unreachable or busy: an agent
+        started at boot may come up before its store, one restarted after a fault may come
+        up during an etcd election or under a load that delays the store's answers past the
+        lease's short request timeout, and several agents opening one embedded store at
+        once wait for each other's lock. Settings it can never use (``ConfigError``) and an
+        agent asked to stop end the wait."""
         waiting_since = None
         while True:
             try:
-                store = await open_store(self.config.store, request_timeout=request_timeout)
+                result = await action()
             except StoreUnavailable as exc:
                 if self._stopping.is_set():
                     raise
@@ -186,7 +195,7 @@ class Agent:
                 continue
             if waiting_since is not None:
                 log.info("the store answers after %.1fs", time.monotonic() - waiting_since)
-            return store
+            return result
 
     def stop(self, mode: StopMode | None = None) -> None:
         """Ask for an orderly stop (signal-handler safe). ``mode`` None: the server's shutdown
@@ -316,7 +325,7 @@ class Agent:
         await self.lease.revoke(self.lease.lost_lease)  # its owner keys must go before we reclaim
         while not self._stopping.is_set():
             try:
-                await self._join()
+                await self._patiently(self._join)
                 break
             except StoreError as exc:
                 log.warning("cannot rejoin yet: %s", exc)
