@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -209,6 +209,14 @@ def test_drill_switches_over_and_back_with_the_clients_outage(lab: tuple[Lab, La
     assert shown.stdout.count("ok") >= 2
 
 
+def _listens(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_forwarding_refuses_an_agent_the_cluster_ca_did_not_sign(
     lab: tuple[Lab, LabInfo], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -223,8 +231,11 @@ def test_forwarding_refuses_an_agent_the_cluster_ca_did_not_sign(
         cert.write_bytes(made.cert_file.read_bytes())
         key.write_bytes(made.key_file.read_bytes())
         built.stop_agent("node3", signal.SIGTERM)
-        built.start_agent("node3", wait=False)
-        time.sleep(3)  # it serves its rogue certificate (the lab's own check would refuse it)
+        built.start_agent("node3", wait=False)  # the lab's own check would refuse it
+        # until it listens, forwarding fails for that reason ("All connection attempts
+        # failed"); once it serves its rogue certificate, only the certificate can be why
+        where = httpx.URL(info.server("node3").api_url)
+        wait_for(lambda: _listens(where.host, where.port or 443), 60, "node3's API listening")
         api = Api(info)
         try:
             body = {"tag": "srogue", "kit": "app", "server": "node3",
