@@ -14,7 +14,8 @@ kills whatever runs in the plan's cgroups again and, while the agent process sti
 takes the plan's addresses and mounts away again. An agent frozen between its last trust
 check and the start of a service (or a child it forked and had not yet moved into the
 cgroup) would otherwise, thawed, bring a service up on a server whose hierarchies another
-server has taken over.
+server has taken over. Past the deadline the agent's own remove and check commands are
+killed too: its graceful window ended at the deadline, the guard's escalation stands.
 
 During a failsafe (the store unreachable for every agent, ``vigil.agent.failsafe``) the agent
 moves the deadline on after each round the other agents confirm; the guard says so once per
@@ -84,23 +85,33 @@ def fence(plan: FencePlan, directory: Path) -> None:
             say(f"unmounted {mount}")
 
 
-def sweep(plan: FencePlan, agent_runs: bool) -> None:
+def sweep(plan: FencePlan, agent_runs: bool, directory: Path) -> None:
     """After a fence, while the agent has not renewed: undo whatever of the plan is back.
     Addresses and mounts only while the agent runs (nothing else adds them); a cgroup
-    whatever the agent's state (a child it forked joins its cgroup on its own)."""
+    whatever the agent's state (a child it forked joins its cgroup on its own). The plan is
+    read again before each action: once the agent has renewed, what it restores is its own
+    (under load one sweep can take longer than the agent needs to renew and restore)."""
+
+    def renewed() -> bool:
+        now = FencePlan.read(directory)
+        return now is None or now.mode != plan.mode or now.due != plan.due
+
     for cgroup in plan.cgroups:
+        if renewed():
+            return
         if pids := signal_cgroup(Path(cgroup)):
             say(
-                f"processes of {Path(cgroup).name} started after the fence (agent "
-                f"{plan.agent_pid} has not renewed its lease): killed {pids}"
+                f"processes in the cgroup of {Path(cgroup).name} after the fence, agent "
+                f"{plan.agent_pid} not renewed yet (its own late remove or check commands, or "
+                f"a start begun before the deadline): killed {pids}"
             )
-    if not agent_runs:
-        return
-    for address, prefix, interface in plan.addresses:
+    for address, prefix, interface in plan.addresses if agent_runs else ():
+        if renewed():
+            return
         if _run("ip", "addr", "del", f"{address}/{prefix}", "dev", interface):
             say(f"address {address}/{prefix} on {interface} came back after the fence: deleted")
-    for mount in plan.mounts:
-        if os.path.ismount(mount) and _run("umount", "-l", mount):
+    for mount in plan.mounts if agent_runs else ():
+        if os.path.ismount(mount) and not renewed() and _run("umount", "-l", mount):
             say(f"{mount} mounted again after the fence: unmounted")
 
 
@@ -164,7 +175,8 @@ def run(directory: Path, priority: int = DEFAULT_PRIORITY) -> int:
                 fence(plan, directory)
                 fenced_for, swept = plan.due, time.monotonic()
             elif due and fenced_for == plan.due and time.monotonic() - swept >= SWEEP_INTERVAL:
-                sweep(plan, process_state(plan.agent_pid) not in ("", "T", "t", "Z", "X"))
+                runs = process_state(plan.agent_pid) not in ("", "T", "t", "Z", "X")
+                sweep(plan, runs, directory)
                 swept = time.monotonic()
             if plan.mode == "active":
                 store_lock.check(plan, time.monotonic())
