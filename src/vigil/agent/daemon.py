@@ -325,7 +325,7 @@ class Agent:
         await self.lease.revoke(self.lease.lost_lease)  # its owner keys must go before we reclaim
         while not self._stopping.is_set():
             try:
-                await self._patiently(self._join)
+                await self._join()  # this loop waits for the store itself
                 break
             except StoreError as exc:
                 log.warning("cannot rejoin yet: %s", exc)

@@ -170,9 +170,10 @@ MMP_WATCH_INTERVAL = 0.2
 
 
 async def _mount_until_freed(
-    volume: Volume, argv: list[str], deadline: float
+    volume: Volume, argv: list[str], deadline: float, mmp: bool
 ) -> CommandResult | None:
-    """Mount; None when cut short because the volume was freed meanwhile.
+    """Mount; None when cut short because the volume was freed meanwhile (``mmp``: the
+    filesystem has an MMP block; without one the kernel never waits, and nothing is read).
 
     A failover can begin while the old owner's unmount is still under way (its remove runs
     until its lease ends everywhere). The kernel, finding the MMP block in use, then waits
@@ -182,6 +183,8 @@ async def _mount_until_freed(
     (a signal ends the kernel's wait: "MMP startup interrupted", nothing is mounted) and the
     caller mounts again, which the clean block lets through at once. A server that died
     holding the volume never marks it clean: then the kernel's check runs its course."""
+    if not mmp:
+        return await _run(volume, argv, deadline, "mount")
     mounting = asyncio.ensure_future(_run(volume, argv, deadline, "mount"))
     freed = asyncio.ensure_future(_mmp_freed(volume))
     try:
@@ -203,9 +206,9 @@ async def _mount_until_freed(
 
 async def _mmp_freed(volume: Volume) -> bool:
     """True once the MMP block turns clean after being in use (returns at once, False, when
-    it has no MMP block or is not in use: the kernel does not wait then)."""
+    it is not in use: the kernel does not wait then)."""
     in_use = False
-    while volume.properties.is_ext:
+    while True:
         try:
             sequence = (await ext_state(volume.properties.device, PROBE_LOG)).mmp_sequence
         except (KitError, OSError):
@@ -216,7 +219,6 @@ async def _mmp_freed(volume: Volume) -> bool:
             return False
         in_use = True
         await asyncio.sleep(MMP_WATCH_INTERVAL)
-    return False
 
 
 async def _run(volume: Volume, argv: list[str], deadline: float, label: str) -> CommandResult:
@@ -259,8 +261,9 @@ async def mount(volume: Volume, deadline: float) -> None:
     await _fsck(volume, state, deadline)
     await asyncio.to_thread(os.makedirs, p.mount_point, 0o755, True)
     argv = ["mount", "-t", p.filesystem_type, *(["-o", p.mount_options] if p.options else [])]
+    mmp = state is not None and state.has_mmp
     for attempt in range(1, MMP_ATTEMPTS + 1):
-        result = await _mount_until_freed(volume, [*argv, p.device, p.mount_point], deadline)
+        result = await _mount_until_freed(volume, [*argv, p.device, p.mount_point], deadline, mmp)
         if result is None:  # the other server's mount ended: mount again at once
             if _refuse_misplaced(volume, number, mt.read_mounts()):
                 break  # the kernel's check had just ended (and mounted) when cut short
