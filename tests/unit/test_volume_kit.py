@@ -22,7 +22,7 @@ from tests.shared_disk import MountNamespaceLoop, SharedDisk, host_mounts, sh
 
 from vigil.errors import KitError, Severity
 from vigil.kits.base import Check, CheckStatus, ExtendCheck, KitContext
-from vigil.kits.volume import CHECK_FILE, VolumeKit
+from vigil.kits.volume import CHECK_FILE, VolumeKit, service
 
 pytestmark = [
     pytest.mark.lab,
@@ -302,6 +302,30 @@ def test_a_mount_that_ends_during_the_kernels_check_lets_the_next_one_through(
     assert "trying again" not in said  # no refusal came back from the kernel
     # the kernel's check alone lasts 2 x 5 + 1 s: the mount did not wait it out
     assert took < 11.0, took
+
+
+def test_a_volume_freed_and_taken_again_on_every_attempt_is_named(
+    servers: tuple[Server, Server],
+    disk: SharedDisk,
+    mount_point: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each mount cut short (another server's mount of it ended during the kernel's check,
+    then began again): the error says so, not that mount lied."""
+    node1, _ = servers
+    attempts: list[list[str]] = []
+
+    async def always_freed(volume: Any, argv: list[str], deadline: float, mmp: bool) -> None:
+        attempts.append(argv)
+
+    monkeypatch.setattr(service, "_mount_until_freed", always_freed)
+    with pytest.raises(KitError) as caught:
+        node1.act(lambda: KIT.restore(node1.context(**props(node1, disk, mount_point))))
+    message = str(caught.value)
+    assert f"held it back on each of {service.MMP_ATTEMPTS} attempts" in message, message
+    assert "shows no such" not in message
+    assert len(attempts) == service.MMP_ATTEMPTS
+    assert not node1.ns.mounted(mount_point)
 
 
 # --- service ------------------------------------------------------------------------------

@@ -281,6 +281,13 @@ async def mount(volume: Volume, deadline: float) -> None:
         # mount ends when its last process has exited, which under load can outlast the
         # kernel's one check (2 x interval + 1 s): multi-mount protection decides again.
         volume.log.warning("%s: %s; trying again", volume.where, why)
+    else:  # the last attempt was cut short too: the volume keeps being mounted elsewhere
+        raise volume.error(
+            f"cannot mount {p.device} at {p.mount_point}: multi-mount protection held it "
+            f"back on each of {MMP_ATTEMPTS} attempts, the last while another server's mount "
+            "of it ended; is another server (or a cluster outside vigil) mounting it? "
+            f"`dumpe2fs -h {p.device}` names the node that last updated its MMP block"
+        )
     top = mt.visible_mount(mt.read_mounts(), p.mount_point)
     if top is None or top.device != number:
         raise volume.error(f"mount said it mounted {p.device}, but {p.mount_point} shows no such")
